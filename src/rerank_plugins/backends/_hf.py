@@ -1,0 +1,238 @@
+"""Pieces shared by the Hugging Face backends: model lookup, pair encoding, padded forward."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rerank_plugins.backends.base import Encoded
+from rerank_plugins.errors import ModelLoadError
+
+__all__ = [
+    "PairEncoder",
+    "TorchClassifier",
+    "check_model_reference",
+    "model_token_limit",
+    "read_config",
+    "resolve_max_length",
+]
+
+DEFAULT_MAX_LENGTH_CAP = 512
+
+
+def check_model_reference(model: str) -> None:
+    """Fail early, and clearly, on a local path that does not exist.
+
+    A string that exists as a folder is a local model; one that looks like a path (absolute,
+    ``./``, ``~``, or more than one ``/``) but is missing is a mistake, not a hub id.
+    """
+    if os.path.isdir(model):
+        return
+    if os.path.exists(model):
+        msg = f"model {model!r} is a file; pass the folder that holds config.json and the weights."
+        raise ModelLoadError(msg)
+    looks_like_path = (
+        model.startswith(("/", "./", "../", "~", "\\"))
+        or model.count("/") > 1
+        or (len(model) > 1 and model[1] == ":")
+    )
+    if looks_like_path:
+        msg = f"model folder {model!r} does not exist; pass an existing folder or a hub id."
+        raise ModelLoadError(msg)
+
+
+def read_config(model: str) -> dict[str, Any] | None:
+    """The model's config.json as a dict when ``model`` is a local folder, else None."""
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def model_token_limit(tokenizer: Any, config: Any) -> int:
+    """The longest pair the model can take: tokenizer limit, else position embeddings."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return limit
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style models reserve padding_idx + 1 positions.
+        if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+            positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
+        return positions
+    return DEFAULT_MAX_LENGTH_CAP
+
+
+def resolve_max_length(requested: int | None, limit: int, *, cap: int | None) -> int:
+    """Pick the pair length: the request (within the model's limit), else the capped limit."""
+    if requested is None:
+        return min(limit, cap) if cap else limit
+    if requested > limit:
+        msg = f"max_length={requested} exceeds the model's limit of {limit} tokens; pass <= {limit}."
+        raise ValueError(msg)
+    return requested
+
+
+class PairEncoder:
+    """Tokenizes (query, text) pairs the way the reference libraries do, but faster.
+
+    The query is tokenized once per request and capped at 3/4 of ``max_length`` (as
+    FlagEmbedding does); each text is cut to what is left, so the query keeps its tokens.
+    For queries shorter than half the budget this equals the ``longest_first`` truncation of
+    ``CrossEncoder`` exactly. Special tokens are laid out from the tokenizer's own pair template.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, query_max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.query_max_length = query_max_length or max_length * 3 // 4
+        self.left = getattr(tokenizer, "truncation_side", "right") == "left"
+        self.use_token_types = "token_type_ids" in getattr(
+            tokenizer, "model_input_names", ["token_type_ids"]
+        )
+        self._learn_template()
+
+    def _learn_template(self) -> None:
+        tok = self.tokenizer
+        a_text, b_text = "hello", "world"
+        a = tok(a_text, add_special_tokens=False)["input_ids"]
+        b = tok(b_text, add_special_tokens=False)["input_ids"]
+        pair = tok(a_text, b_text, add_special_tokens=True, return_token_type_ids=True)
+        ids: list[int] = list(pair["input_ids"])
+        types: list[int] = list(pair.get("token_type_ids") or [0] * len(ids))
+        ia = _find(ids, a, 0)
+        ib = _find(ids, b, ia + len(a))
+        if ia < 0 or ib < 0:
+            msg = "could not read the tokenizer's pair template; this tokenizer is not supported."
+            raise ModelLoadError(msg)
+        self.prefix = np.asarray(ids[:ia], dtype=np.int64)
+        self.middle = np.asarray(ids[ia + len(a) : ib], dtype=np.int64)
+        self.suffix = np.asarray(ids[ib + len(b) :], dtype=np.int64)
+        self.prefix_types = np.asarray(types[:ia], dtype=np.int64)
+        self.middle_types = np.asarray(types[ia + len(a) : ib], dtype=np.int64)
+        self.suffix_types = np.asarray(types[ib + len(b) :], dtype=np.int64)
+        self.query_type = types[ia]
+        self.text_type = types[ib]
+        self.n_special = len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens and without truncation."""
+        if not texts:
+            return []
+        out: list[list[int]] = self.tokenizer(
+            list(texts), add_special_tokens=False, verbose=False
+        )["input_ids"]
+        return out
+
+    def query_ids(self, query: str) -> list[int]:
+        """The query's token ids, capped at ``query_max_length``."""
+        ids = self.tokenize([query])[0]
+        return self._cut(ids, self.query_max_length)
+
+    def text_budget(self, query_len: int) -> int:
+        """Tokens left for the text next to a query of ``query_len`` tokens."""
+        return max(self.max_length - self.n_special - query_len, 0)
+
+    def _cut(self, ids: list[int], n: int) -> list[int]:
+        if len(ids) <= n:
+            return ids
+        return ids[len(ids) - n :] if self.left else ids[:n]
+
+    def build(self, q: list[int], d: list[int]) -> Encoded:
+        """Assemble one pair from already-cut query and text ids."""
+        ids = np.concatenate(
+            [self.prefix, np.asarray(q, np.int64), self.middle, np.asarray(d, np.int64), self.suffix]
+        )
+        types = None
+        if self.use_token_types:
+            types = np.concatenate(
+                [
+                    self.prefix_types,
+                    np.full(len(q), self.query_type, np.int64),
+                    self.middle_types,
+                    np.full(len(d), self.text_type, np.int64),
+                    self.suffix_types,
+                ]
+            )
+        return Encoded(length=len(ids), truncated=False, payload=(ids, types))
+
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        """Encode each (query, text) pair, cutting texts to fit ``max_length``."""
+        q = self.query_ids(query)
+        budget = self.text_budget(len(q))
+        out = []
+        for d in self.tokenize(texts):
+            enc = self.build(q, self._cut(d, budget))
+            if len(d) > budget:
+                enc = Encoded(enc.length, True, enc.payload)
+            out.append(enc)
+        return out
+
+
+def _find(haystack: list[int], needle: list[int], start: int) -> int:
+    n = len(needle)
+    for i in range(start, len(haystack) - n + 1):
+        if haystack[i : i + n] == needle:
+            return i
+    return -1
+
+
+def pad_batch(
+    batch: Sequence[Encoded], pad_id: int, use_token_types: bool
+) -> dict[str, np.ndarray]:
+    """Right-pad encoded pairs into int64 arrays (input_ids, attention_mask[, token_type_ids])."""
+    width = max(e.length for e in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64) if use_token_types else None
+    for row, enc in enumerate(batch):
+        pair_ids, pair_types = enc.payload
+        ids[row, : enc.length] = pair_ids
+        mask[row, : enc.length] = 1
+        if types is not None and pair_types is not None:
+            types[row, : enc.length] = pair_types
+    out = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        out["token_type_ids"] = types
+    return out
+
+
+class TorchClassifier:
+    """Runs a Hugging Face sequence-classification model on padded batches; returns logits."""
+
+    def __init__(self, model: Any, encoder: PairEncoder, device: str, dtype: Any) -> None:
+        from rerank_plugins._imports import require
+
+        self.torch = require("torch", purpose="the torch backends")
+        num_labels = getattr(model.config, "num_labels", 1)
+        if num_labels != 1:
+            msg = (
+                f"the model has num_labels={num_labels}; reranking needs a single relevance "
+                "logit (num_labels=1), as cross-encoder rerankers have."
+            )
+            raise ModelLoadError(msg)
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.encoder = encoder
+        self.device = device
+        pad_id = encoder.tokenizer.pad_token_id
+        self.pad_id = int(pad_id) if pad_id is not None else 0
+
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        """Raw logits of a batch, as Python floats (computed, then cast up to float32)."""
+        torch = self.torch
+        arrays = pad_batch(batch, self.pad_id, self.encoder.use_token_types)
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+            logits = self.model(**inputs, return_dict=True).logits
+            values: list[float] = logits[:, 0].float().cpu().tolist()
+        return values
+
+    def attention(self) -> str:
+        """The attention implementation the model runs with (e.g. ``sdpa``)."""
+        return str(getattr(self.model.config, "_attn_implementation", "unknown"))

@@ -1,0 +1,138 @@
+"""Validated, hashable engine settings: the key under which `get_engine` shares engines."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["BACKENDS", "DEVICES", "PRECISIONS", "EngineConfig"]
+
+BackendName = Literal["auto", "sentence-transformers", "flag", "onnx"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
+
+BACKENDS: tuple[str, ...] = ("auto", "sentence-transformers", "flag", "onnx")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "int8")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+_BACKEND_ALIASES = {"st": "sentence-transformers", "sentence_transformers": "sentence-transformers"}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that decides what an engine computes and how.
+
+    Two engines with equal configs compute the same scores, so `get_engine` hands out one
+    shared instance per config.
+
+    Examples:
+        >>> cfg = EngineConfig(model="cross-encoder/ms-marco-MiniLM-L-6-v2", max_length=256)
+        >>> cfg.max_length
+        256
+    """
+
+    model: str
+    """Hugging Face hub id or local folder of the cross-encoder."""
+    backend: str = "auto"
+    """``"auto"``, ``"sentence-transformers"``, ``"flag"`` or ``"onnx"``. ``auto`` picks ``flag``
+    for decoder-only (LLM) rerankers and ``sentence-transformers`` otherwise."""
+    device: str = "auto"
+    """``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``."""
+    max_length: int | None = None
+    """Tokens per (query, document) pair. Default: the model's own limit, capped at 512."""
+    normalize: bool = True
+    """``True``: scores are probabilities in [0, 1] (sigmoid of the logit). ``False``: raw logits."""
+    cache_size: int = 10_000
+    """Entries in the LRU score cache; ``0`` turns the cache off."""
+    precision: str = "auto"
+    """``"auto"`` (fp16 on CUDA/MPS, bf16 on CUDA where supported, fp32 on CPU), ``"fp32"``,
+    ``"fp16"``, ``"bf16"``, or ``"int8"`` (onnx backend only)."""
+    batch_tokens: int | None = None
+    """Token budget of one forward pass (padded length x pairs). Default depends on the device."""
+    max_batch_size: int | None = None
+    """Upper bound on pairs in one forward pass. Default depends on the device."""
+    trust_remote_code: bool = False
+    """Run model code shipped with the weights. Off unless you trust the model's author."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load."""
+
+    def __post_init__(self) -> None:
+        """Validate and normalise every field; errors name the field and what to pass."""
+        if not isinstance(self.model, str | os.PathLike) or not str(self.model).strip():
+            msg = f"model must be a non-empty hub id or folder path, got {self.model!r}."
+            raise TypeError(msg) if not isinstance(self.model, str) else ValueError(msg)
+        model = os.fspath(self.model)
+        if os.path.isdir(model):
+            model = os.path.realpath(model)
+        object.__setattr__(self, "model", model)
+
+        backend = _BACKEND_ALIASES.get(str(self.backend), self.backend)
+        if backend not in BACKENDS:
+            msg = f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}."
+            raise ValueError(msg)
+        object.__setattr__(self, "backend", backend)
+
+        device = str(self.device)
+        if device.split(":")[0] not in DEVICES:
+            msg = f"unknown device {self.device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+            raise ValueError(msg)
+        object.__setattr__(self, "device", device)
+
+        if self.precision not in PRECISIONS:
+            msg = f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}."
+            raise ValueError(msg)
+        if self.precision == "int8" and backend != "onnx":
+            msg = "precision='int8' is only available with backend='onnx'."
+            raise ValueError(msg)
+
+        _positive_or_none("max_length", self.max_length)
+        _positive_or_none("batch_tokens", self.batch_tokens)
+        _positive_or_none("max_batch_size", self.max_batch_size)
+        if not isinstance(self.cache_size, int) or isinstance(self.cache_size, bool):
+            msg = f"cache_size must be an int (0 turns the cache off), got {self.cache_size!r}."
+            raise TypeError(msg)
+        if self.cache_size < 0:
+            msg = f"cache_size must be >= 0 (0 turns the cache off), got {self.cache_size}."
+            raise ValueError(msg)
+        for name in ("normalize", "trust_remote_code"):
+            if not isinstance(getattr(self, name), bool):
+                msg = f"{name} must be True or False, got {getattr(self, name)!r}."
+                raise TypeError(msg)
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The keyword options that `get_engine` and the adapters accept besides ``model``."""
+        return frozenset(f.name for f in fields(cls) if f.name != "model")
+
+    @classmethod
+    def from_options(cls, model: str, options: dict[str, Any]) -> EngineConfig:
+        """Build a config from keyword options, rejecting unknown ones by name.
+
+        Args:
+            model: Hub id or local folder.
+            options: Engine options (see the class fields).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            TypeError: An option is not an engine option.
+        """
+        unknown = sorted(set(options) - cls.option_names())
+        if unknown:
+            msg = (
+                f"unknown engine option(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(sorted(cls.option_names()))}."
+            )
+            raise TypeError(msg)
+        return cls(model=model, **options)
+
+
+def _positive_or_none(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        msg = f"{name} must be a positive int or None, got {value!r}."
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be a positive int or None, got {value}."
+        raise ValueError(msg)

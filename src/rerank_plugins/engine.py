@@ -1,0 +1,617 @@
+"""The shared rerank engine: one loaded cross-encoder serving every caller in the process."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+from rerank_plugins.backends import Backend, Encoded, load_backend, pick_backend
+from rerank_plugins.batching import BatchPolicy, plan_batches
+from rerank_plugins.cache import ScoreCache, pair_key
+from rerank_plugins.config import EngineConfig
+from rerank_plugins.errors import BackendError, EngineClosedError
+from rerank_plugins.results import RerankResult, check_query, check_texts, select
+
+__all__ = ["EngineInfo", "RerankEngine", "Scorer", "close_all_engines", "get_engine"]
+
+logger = logging.getLogger("rerank_plugins")
+
+# Largest slice of one request handed to the worker at a time: bounds the memory one call can
+# pin (token ids of 1,024 pairs) and lets other callers' pairs interleave with a huge request.
+_CHUNK = 1024
+# The worker stops draining the queue once a cycle holds this many pairs.
+_CYCLE_PAIRS = 4096
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What the adapters need from an engine; local and remote engines both implement it."""
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Scores in the order of ``texts``."""
+        ...
+
+    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Scores in the order of ``texts``, without blocking the event loop."""
+        ...
+
+    def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[RerankResult]:
+        """Results best first, thresholded, then cut to ``top_n``."""
+        ...
+
+    async def arerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[RerankResult]:
+        """Async `rerank`."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine runs: the answer to "which backend did auto pick, on what device?".
+
+    Attributes:
+        model: Hub id or resolved local folder.
+        backend: Backend name.
+        backend_reason: Why that backend (``"requested"`` or what ``auto`` saw).
+        device: Resolved device.
+        precision: Effective precision (after any fallback).
+        max_length: Tokens per pair.
+        normalize: Probabilities (True) or raw logits (False).
+        score_scale: Human-readable scale of the scores.
+        cache_size: LRU entries (0: off).
+        batch_tokens: Token budget per forward pass.
+        max_batch_size: Pair limit per forward pass.
+        details: Backend-specific facts (attention implementation, model class ...).
+    """
+
+    model: str
+    backend: str
+    backend_reason: str
+    device: str
+    precision: str
+    max_length: int
+    normalize: bool
+    score_scale: str
+    cache_size: int
+    batch_tokens: int
+    max_batch_size: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Request:
+    query: str
+    texts: list[str]
+    future: Future[list[float]]
+
+
+@dataclass
+class _Item:
+    encoded: Encoded
+    logit: float | None = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class RerankEngine:
+    """A loaded cross-encoder that batches, dedups and caches the work of all its callers.
+
+    Calls from any number of threads and coroutines go through one worker thread, which merges
+    whatever is waiting into shared, length-sorted forward passes within a token budget, and
+    hands each caller exactly its own scores. Use `get_engine` to share one engine per model
+    and settings across a process; build ``RerankEngine(...)`` for a private one.
+
+    Score scale: with ``normalize=True`` (default) a score is the model's probability of
+    relevance, ``sigmoid(logit)`` in [0, 1], as ``CrossEncoder.predict`` and
+    ``FlagReranker.compute_score(normalize=True)`` return; with ``normalize=False`` it is the
+    raw logit (unbounded, about -10..10 for ms-marco models). Pick thresholds on that scale.
+
+    Args:
+        model: Hugging Face hub id or local folder of a cross-encoder.
+        **options: Engine options; see `EngineConfig` (``backend``, ``device``, ``max_length``,
+            ``normalize``, ``cache_size``, ``precision``, ``batch_tokens``, ``max_batch_size``,
+            ``trust_remote_code``, ``revision``).
+
+    Raises:
+        TypeError: An unknown option or a wrongly typed value.
+        ValueError: A bad option value; `ModelLoadError` (a ``ValueError``) for a missing model.
+
+    Examples:
+        >>> from rerank_plugins import RerankEngine
+        >>> with RerankEngine("cross-encoder/ms-marco-MiniLM-L-6-v2") as engine:  # doctest: +SKIP
+        ...     engine.score("what is rag?", ["RAG combines retrieval ...", "The weather ..."])
+        [0.97, 0.0003]
+    """
+
+    def __init__(self, model: str, **options: Any) -> None:
+        config = EngineConfig.from_options(model, options)
+        name, reason = pick_backend(config)
+        backend = load_backend(config, name)
+        self._setup(config, backend, reason)
+
+    @classmethod
+    def from_backend(cls, backend: Backend, **options: Any) -> RerankEngine:
+        """Build an engine around an already constructed backend (tests, custom runtimes).
+
+        Args:
+            backend: Any object implementing the `Backend` interface.
+            **options: Engine options that apply to the engine itself (``normalize``,
+                ``cache_size``, ``batch_tokens``, ``max_batch_size``).
+
+        Returns:
+            A private engine (not registered with `get_engine`).
+        """
+        config = EngineConfig.from_options(f"<{backend.name}>", options)
+        engine = cls.__new__(cls)
+        engine._setup(config, backend, "given")
+        return engine
+
+    def _setup(self, config: EngineConfig, backend: Backend, reason: str) -> None:
+        self.config = config
+        self._backend = backend
+        self.policy = BatchPolicy.for_device(
+            backend.device, config.batch_tokens, config.max_batch_size
+        )
+        self._cache = ScoreCache(config.cache_size)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._warned_truncation = False
+        self._stats = {"requests": 0, "pairs": 0, "forward_passes": 0, "forward_pairs": 0}
+        self.info = EngineInfo(
+            model=config.model,
+            backend=backend.name,
+            backend_reason=reason,
+            device=backend.device,
+            precision=backend.precision,
+            max_length=backend.max_length,
+            normalize=config.normalize,
+            score_scale="probability in [0, 1] (sigmoid of the logit)"
+            if config.normalize
+            else "raw logit (unbounded)",
+            cache_size=config.cache_size,
+            batch_tokens=self.policy.batch_tokens,
+            max_batch_size=self.policy.max_batch_size,
+            details=dict(backend.describe()),
+        )
+        self._worker = threading.Thread(
+            target=self._run, name=f"rerank-engine[{backend.name}]", daemon=True
+        )
+        self._worker.start()
+        _LIVE.add(self)
+        logger.info(
+            "rerank engine ready: model=%s backend=%s (%s) device=%s precision=%s "
+            "max_length=%d batch_tokens=%d max_batch_size=%d cache_size=%d",
+            config.model,
+            backend.name,
+            reason,
+            backend.device,
+            backend.precision,
+            backend.max_length,
+            self.policy.batch_tokens,
+            self.policy.max_batch_size,
+            config.cache_size,
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this engine drives."""
+        return self._backend
+
+    def score(self, query: str, texts: Sequence[str], *, timeout: float | None = None) -> list[float]:
+        """Score each text against ``query``.
+
+        Args:
+            query: The question.
+            texts: Documents to score; an empty list returns ``[]`` without touching the model.
+            timeout: Seconds to wait at most; pairs not yet run are withdrawn on timeout.
+
+        Returns:
+            One plain ``float`` per text, in the order of ``texts`` (see the class docstring
+            for the scale).
+
+        Raises:
+            TypeError: ``query`` or a text is not a string.
+            ValueError: ``query`` is empty.
+            TimeoutError: ``timeout`` passed first.
+            EngineClosedError: The engine was closed.
+            BackendError: The model failed on these pairs (the cause is chained).
+
+        Examples:
+            >>> engine.score("what is rag?", ["RAG is ...", "Paris is ..."])  # doctest: +SKIP
+            [0.98, 0.01]
+        """
+        query = check_query(query)
+        texts = check_texts(texts)
+        if not texts:
+            self._check_open()
+            return []
+        futures = self._submit(query, texts)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        logits: list[float] = []
+        try:
+            for fut in futures:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                logits.extend(fut.result(timeout=remaining))
+        except FutureTimeout:
+            for fut in futures:
+                fut.cancel()
+            msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
+            raise TimeoutError(msg) from None
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        return self._finish(logits)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+    ) -> list[float]:
+        """Async `score`: awaits the worker without blocking the loop or parking a thread.
+
+        Cancelling the awaiting task withdraws the pairs that have not run yet.
+
+        Examples:
+            >>> scores = await engine.ascore("what is rag?", ["RAG is ..."])  # doctest: +SKIP
+        """
+        query = check_query(query)
+        texts = check_texts(texts)
+        if not texts:
+            self._check_open()
+            return []
+        futures = self._submit(query, texts)
+        gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        try:
+            parts = await asyncio.wait_for(gathered, timeout)
+        except asyncio.TimeoutError:
+            msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
+            raise TimeoutError(msg) from None
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        return self._finish([x for part in parts for x in part])
+
+    def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[RerankResult]:
+        """Score and rank: threshold first, then best first (ties keep input order), then top-n.
+
+        Args:
+            query: The question.
+            texts: Documents to rank.
+            top_n: Keep at most this many (None: all).
+            score_threshold: Drop results scoring below this, before the top-n cut.
+            timeout: Seconds to wait at most.
+
+        Returns:
+            `RerankResult` s (index into ``texts``, score, text), best first.
+
+        Examples:
+            >>> [r.index for r in engine.rerank("q", ["a", "b", "c"], top_n=2)]  # doctest: +SKIP
+            [2, 0]
+        """
+        texts = check_texts(texts)
+        scores = self.score(query, texts, timeout=timeout)
+        return _results(scores, texts, top_n, score_threshold)
+
+    async def arerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[RerankResult]:
+        """Async `rerank`."""
+        texts = check_texts(texts)
+        scores = await self.ascore(query, texts, timeout=timeout)
+        return _results(scores, texts, top_n, score_threshold)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: requests, pairs, forward passes, cache hits and misses."""
+        out = dict(self._stats)
+        out.update(cache_hits=self._cache.hits, cache_misses=self._cache.misses)
+        out["cache_entries"] = len(self._cache)
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget every cached score."""
+        self._cache.clear()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the worker after the requests already queued, then release the model.
+
+        Requests queued before the call finish; any call after it raises `EngineClosedError`.
+        Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+        self._fail_queued(EngineClosedError(self._closed_message()))
+        _unregister(self)
+        _LIVE.discard(self)
+        self._backend.close()
+        logger.info("rerank engine closed: %s", self.config.model)
+
+    def __enter__(self) -> RerankEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"RerankEngine(model={self.config.model!r}, backend={self.info.backend!r}, "
+            f"device={self.info.device!r}, {state})"
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _closed_message(self) -> str:
+        return (
+            f"the rerank engine for {self.config.model!r} is closed; "
+            "create a new one (get_engine(...) returns a fresh engine after close)."
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError(self._closed_message())
+
+    def _submit(self, query: str, texts: list[str]) -> list[Future[list[float]]]:
+        futures: list[Future[list[float]]] = []
+        with self._lock:
+            self._check_open()
+            self._stats["requests"] += 1
+            self._stats["pairs"] += len(texts)
+            for start in range(0, len(texts), _CHUNK):
+                fut: Future[list[float]] = Future()
+                self._queue.put(_Request(query, texts[start : start + _CHUNK], fut))
+                futures.append(fut)
+        return futures
+
+    def _finish(self, logits: list[float]) -> list[float]:
+        if not self.config.normalize:
+            return [float(x) for x in logits]
+        return [_sigmoid(x) for x in logits]
+
+    def _fail_queued(self, error: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Request) and not item.future.done():
+                item.future.set_exception(error)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            cycle = [first]
+            pairs = len(first.texts)  # type: ignore[attr-defined]
+            stop = False
+            while pairs < _CYCLE_PAIRS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                cycle.append(item)
+                pairs += len(item.texts)  # type: ignore[attr-defined]
+            requests = [r for r in cycle if isinstance(r, _Request)]
+            try:
+                self._run_cycle(requests)
+            except BaseException as exc:  # a bug here must fail callers, never strand them
+                logger.exception("rerank worker cycle failed")
+                for r in requests:
+                    if not r.future.done():
+                        r.future.set_exception(BackendError(f"rerank worker failed: {exc}"))
+            if stop:
+                return
+
+    def _run_cycle(self, requests: list[_Request]) -> None:
+        pending: dict[bytes, _Item] = {}
+        plans: list[tuple[_Request, list[bytes], list[float | None]]] = []
+        for req in requests:
+            if not req.future.set_running_or_notify_cancel():
+                continue  # cancelled or timed out before it ran: withdrawn
+            try:
+                keys = [pair_key(req.query, t) for t in req.texts]
+                values: list[float | None] = [self._cache.get(k) for k in keys]
+                new: dict[bytes, str] = {}
+                for key, text, value in zip(keys, req.texts, values, strict=True):
+                    if value is None and key not in pending and key not in new:
+                        new[key] = text
+                if new:
+                    encoded = self._backend.encode(req.query, list(new.values()))
+                    if len(encoded) != len(new):
+                        msg = f"backend encoded {len(encoded)} pairs for {len(new)} texts."
+                        raise BackendError(msg)
+                    for key, enc in zip(new, encoded, strict=True):
+                        pending[key] = _Item(enc)
+                        if enc.truncated and not self._warned_truncation:
+                            self._warned_truncation = True
+                            logger.warning(
+                                "some documents are longer than max_length=%d tokens and were "
+                                "truncated (logged once per engine).",
+                                self._backend.max_length,
+                            )
+            except Exception as exc:
+                req.future.set_exception(exc)
+                continue
+            plans.append((req, keys, values))
+
+        items = list(pending.values())
+        if items:
+            for batch in plan_batches([it.encoded.length for it in items], self.policy):
+                self._forward([items[i] for i in batch])
+            for key, it in pending.items():
+                if it.logit is not None:
+                    self._cache.put(key, it.logit)
+
+        for req, keys, values in plans:
+            out: list[float] = []
+            error: BaseException | None = None
+            for key, value in zip(keys, values, strict=True):
+                if value is None:
+                    it = pending[key]
+                    if it.error is not None:
+                        error = it.error
+                        break
+                    value = it.logit
+                out.append(value)  # type: ignore[arg-type]
+            if error is not None:
+                msg = f"the model failed on a pair of this request: {error}"
+                exc = BackendError(msg)
+                exc.__cause__ = error
+                req.future.set_exception(exc)
+            else:
+                req.future.set_result(out)
+
+    def _forward(self, items: list[_Item]) -> None:
+        """Run one batch; on failure split it in halves down to single pairs."""
+        try:
+            logits = self._backend.forward([it.encoded for it in items])
+            if len(logits) != len(items):
+                msg = f"backend returned {len(logits)} scores for {len(items)} pairs."
+                raise BackendError(msg)
+        except Exception as exc:
+            if len(items) == 1:
+                items[0].error = exc
+                return
+            logger.debug("forward of %d pairs failed (%s); splitting", len(items), exc)
+            mid = len(items) // 2
+            self._forward(items[:mid])
+            self._forward(items[mid:])
+            return
+        self._stats["forward_passes"] += 1
+        self._stats["forward_pairs"] += len(items)
+        for it, value in zip(items, logits, strict=True):
+            it.logit = float(value)
+
+
+def _sigmoid(x: float) -> float:
+    if math.isnan(x):
+        return x
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def _results(
+    scores: list[float], texts: list[str], top_n: int | None, score_threshold: float | None
+) -> list[RerankResult]:
+    return [RerankResult(i, scores[i], texts[i]) for i in select(scores, top_n, score_threshold)]
+
+
+# ---------------------------------------------------------------------- shared engines
+
+_REGISTRY: dict[EngineConfig, RerankEngine] = {}
+_REGISTRY_LOCK = threading.Lock()
+_LIVE: set[RerankEngine] = set()
+
+
+def _canonical(config: EngineConfig) -> EngineConfig:
+    """Resolve ``auto`` settings so that equivalent configs share one engine."""
+    backend, _ = pick_backend(config)
+    device = config.device
+    if device == "auto":
+        from rerank_plugins.backends._torch import resolve_device
+
+        device = resolve_device(device)
+    return replace(config, backend=backend, device=device)
+
+
+def get_engine(model: str, **options: Any) -> RerankEngine:
+    """The process-wide engine for ``model`` and ``options``, loaded on first use.
+
+    The same model and settings always return the same instance, so any number of adapters,
+    chains and retrievers hold one copy of the model and share its batches and cache. A closed
+    engine is replaced by a fresh one on the next call.
+
+    Args:
+        model: Hugging Face hub id or local folder.
+        **options: Engine options, as for `RerankEngine`.
+
+    Returns:
+        The shared engine.
+
+    Examples:
+        >>> from rerank_plugins import get_engine
+        >>> a = get_engine("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
+        >>> a is get_engine("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
+        True
+    """
+    requested = EngineConfig.from_options(model, options)
+    config = _canonical(requested)
+    with _REGISTRY_LOCK:
+        engine = _REGISTRY.get(config)
+        if engine is None or engine.closed:
+            name, reason = pick_backend(requested)
+            engine = RerankEngine.__new__(RerankEngine)
+            engine._setup(config, load_backend(config, name), reason)
+            _REGISTRY[config] = engine
+        return engine
+
+
+def _unregister(engine: RerankEngine) -> None:
+    with _REGISTRY_LOCK:
+        for key, value in list(_REGISTRY.items()):
+            if value is engine:
+                del _REGISTRY[key]
+
+
+def close_all_engines() -> None:
+    """Close every engine in the process (also runs at interpreter exit)."""
+    for engine in list(_LIVE):
+        engine.close(timeout=5.0)
+
+
+atexit.register(close_all_engines)

@@ -1,0 +1,131 @@
+"""Rerank results and the one implementation of ranking, thresholding and the top-n cut."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["RerankResult", "check_query", "check_texts", "check_top_n", "select"]
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """One reranked input.
+
+    Attributes:
+        index: Position of the text in the caller's list.
+        score: Relevance score, a plain ``float`` (probability when the engine normalizes).
+        text: The text that was scored.
+
+    Examples:
+        >>> RerankResult(index=2, score=0.93, text="RAG combines retrieval and generation.")
+        RerankResult(index=2, score=0.93, text='RAG combines retrieval and generation.')
+    """
+
+    index: int
+    score: float
+    text: str
+
+
+def check_query(query: object) -> str:
+    """Return ``query`` if it is a non-empty string, else raise a clear error.
+
+    Raises:
+        TypeError: ``query`` is not a string.
+        ValueError: ``query`` is empty or only whitespace.
+    """
+    if not isinstance(query, str):
+        msg = f"query must be a str, got {type(query).__name__}; pass the user's question as text."
+        raise TypeError(msg)
+    if not query.strip():
+        msg = "query is empty; pass the question to rank the texts against."
+        raise ValueError(msg)
+    return query
+
+
+def check_texts(texts: object) -> list[str]:
+    """Return a new list of the texts, raising on anything that is not a list of strings.
+
+    Raises:
+        TypeError: ``texts`` is a bare string, not a sequence, or holds a non-string.
+    """
+    if isinstance(texts, str | bytes):
+        msg = "texts must be a list of strings, got a single string; wrap it in a list."
+        raise TypeError(msg)
+    if not isinstance(texts, Sequence):
+        try:
+            texts = list(texts)  # type: ignore[call-overload]
+        except TypeError:
+            msg = f"texts must be a list of strings, got {type(texts).__name__}."
+            raise TypeError(msg) from None
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            msg = f"texts[{i}] must be a str, got {type(text).__name__}; convert or drop it first."
+            raise TypeError(msg)
+    return out
+
+
+def check_top_n(top_n: object, *, allow_none: bool = True) -> int | None:
+    """Validate a ``top_n`` value (a positive int, or None for all).
+
+    Raises:
+        TypeError: ``top_n`` is not an int.
+        ValueError: ``top_n`` is below 1.
+    """
+    if top_n is None and allow_none:
+        return None
+    if not isinstance(top_n, int) or isinstance(top_n, bool):
+        msg = f"top_n must be a positive int{' or None' if allow_none else ''}, got {top_n!r}."
+        raise TypeError(msg)
+    if top_n < 1:
+        msg = f"top_n must be >= 1, got {top_n}."
+        raise ValueError(msg)
+    return top_n
+
+
+def _check_threshold(score_threshold: object) -> float | None:
+    if score_threshold is None:
+        return None
+    if not isinstance(score_threshold, int | float) or isinstance(score_threshold, bool):
+        msg = f"score_threshold must be a number or None, got {score_threshold!r}."
+        raise TypeError(msg)
+    if math.isnan(score_threshold):
+        msg = "score_threshold must not be NaN."
+        raise ValueError(msg)
+    return float(score_threshold)
+
+
+def select(
+    scores: Sequence[float],
+    top_n: int | None = None,
+    score_threshold: float | None = None,
+) -> list[int]:
+    """Indices of the best scores: threshold first, then best first, then the top-n cut.
+
+    Ties keep the callers' order; NaN scores rank last and never pass a threshold.
+
+    Args:
+        scores: One score per input.
+        top_n: Keep at most this many (None keeps all that pass the threshold).
+        score_threshold: Drop scores below this value before the top-n cut.
+
+    Returns:
+        Indices into ``scores``, best first.
+
+    Examples:
+        >>> select([0.2, 0.9, 0.5, 0.9], top_n=2)
+        [1, 3]
+        >>> select([0.2, 0.9, 0.5], score_threshold=0.4)
+        [1, 2]
+    """
+    top_n = check_top_n(top_n)
+    threshold = _check_threshold(score_threshold)
+    order = sorted(
+        range(len(scores)),
+        key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0.0, i),
+    )
+    if threshold is not None:
+        order = [i for i in order if not math.isnan(scores[i]) and scores[i] >= threshold]
+    return order if top_n is None else order[:top_n]
