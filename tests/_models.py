@@ -5,15 +5,111 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = (
-    "the a of to and in is for on with as by at from that this it be are was rag retrieval "
-    "augmented generation combines search documents language model answer question weather "
-    "paris france capital city river rain sun cloud python code engine rerank cross encoder "
-    "vector index query passage relevant score token batch cache memory fast slow cpu gpu "
-    "cat dog bird fish tree forest mountain sea ocean music art history science physics "
-    "chemistry biology math number data table chair house car train plane road bridge "
-    "what why how when where who which does do can will would should could may might"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "that",
+    "this",
+    "it",
+    "be",
+    "are",
+    "was",
+    "rag",
+    "retrieval",
+    "augmented",
+    "generation",
+    "combines",
+    "search",
+    "documents",
+    "language",
+    "model",
+    "answer",
+    "question",
+    "weather",
+    "paris",
+    "france",
+    "capital",
+    "city",
+    "river",
+    "rain",
+    "sun",
+    "cloud",
+    "python",
+    "code",
+    "engine",
+    "rerank",
+    "cross",
+    "encoder",
+    "vector",
+    "index",
+    "query",
+    "passage",
+    "relevant",
+    "score",
+    "token",
+    "batch",
+    "cache",
+    "memory",
+    "fast",
+    "slow",
+    "cpu",
+    "gpu",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "tree",
+    "forest",
+    "mountain",
+    "sea",
+    "ocean",
+    "music",
+    "art",
+    "history",
+    "science",
+    "physics",
+    "chemistry",
+    "biology",
+    "math",
+    "number",
+    "data",
+    "table",
+    "chair",
+    "house",
+    "car",
+    "train",
+    "plane",
+    "road",
+    "bridge",
+    "what",
+    "why",
+    "how",
+    "when",
+    "where",
+    "who",
+    "which",
+    "does",
+    "do",
+    "can",
+    "will",
+    "would",
+    "should",
+    "could",
+    "may",
+    "might",
+]
 
 SENTENCES = [
     "rag combines retrieval and generation to answer a question",
@@ -65,7 +161,7 @@ def build_bert(folder: Path, seed: int = 0) -> Path:
 def build_xlmr(folder: Path, seed: int = 0) -> Path:
     """A 2-layer XLM-RoBERTa classifier (BGE reranker architecture) with a trained tokenizer."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import (
         XLMRobertaConfig,
         XLMRobertaForSequenceClassification,
@@ -135,7 +231,9 @@ def spread_head(model, tokenizer, head, seed: int, logit_std: float = 2.0) -> No
     handle = head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
     model.eval()
     with torch.no_grad():
-        enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, return_tensors="pt")
+        enc = tokenizer(
+            [p[0] for p in pairs], [p[1] for p in pairs], padding=True, return_tensors="pt"
+        )
         model(**enc)
     handle.remove()
     feats = captured[0]

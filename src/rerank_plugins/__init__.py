@@ -3,7 +3,8 @@
 Examples:
     >>> from rerank_plugins import get_engine
     >>> engine = get_engine("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-    >>> engine.rerank("what is rag?", ["RAG combines ...", "The weather ..."], top_n=1)  # doctest: +SKIP
+    >>> texts = ["RAG combines ...", "The weather ..."]
+    >>> engine.rerank("what is rag?", texts, top_n=1)  # doctest: +SKIP
     [RerankResult(index=0, score=0.97, text='RAG combines ...')]
 """
 

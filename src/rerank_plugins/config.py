@@ -33,14 +33,14 @@ class EngineConfig:
     model: str
     """Hugging Face hub id or local folder of the cross-encoder."""
     backend: str = "auto"
-    """``"auto"``, ``"sentence-transformers"``, ``"flag"`` or ``"onnx"``. ``auto`` picks ``flag``
-    for decoder-only (LLM) rerankers and ``sentence-transformers`` otherwise."""
+    """``"auto"``, ``"sentence-transformers"``, ``"flag"`` or ``"onnx"``. ``auto`` picks
+    ``flag`` for decoder-only (LLM) rerankers and ``sentence-transformers`` otherwise."""
     device: str = "auto"
     """``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``."""
     max_length: int | None = None
     """Tokens per (query, document) pair. Default: the model's own limit, capped at 512."""
     normalize: bool = True
-    """``True``: scores are probabilities in [0, 1] (sigmoid of the logit). ``False``: raw logits."""
+    """``True``: probabilities in [0, 1] (sigmoid of the logit). ``False``: raw logits."""
     cache_size: int = 10_000
     """Entries in the LRU score cache; ``0`` turns the cache off."""
     precision: str = "auto"
@@ -73,7 +73,10 @@ class EngineConfig:
 
         device = str(self.device)
         if device.split(":")[0] not in DEVICES:
-            msg = f"unknown device {self.device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+            msg = (
+                f"unknown device {self.device!r}; "
+                "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+            )
             raise ValueError(msg)
         object.__setattr__(self, "device", device)
 

@@ -228,7 +228,9 @@ class RerankEngine:
         """The backend this engine drives."""
         return self._backend
 
-    def score(self, query: str, texts: Sequence[str], *, timeout: float | None = None) -> list[float]:
+    def score(
+        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+    ) -> list[float]:
         """Score each text against ``query``.
 
         Args:
@@ -508,9 +510,9 @@ class RerankEngine:
                 out.append(value)  # type: ignore[arg-type]
             if error is not None:
                 msg = f"the model failed on a pair of this request: {error}"
-                exc = BackendError(msg)
-                exc.__cause__ = error
-                req.future.set_exception(exc)
+                failure = BackendError(msg)
+                failure.__cause__ = error
+                req.future.set_exception(failure)
             else:
                 req.future.set_result(out)
 

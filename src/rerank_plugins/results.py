@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["RerankResult", "check_query", "check_texts", "check_top_n", "select"]
@@ -53,12 +53,9 @@ def check_texts(texts: object) -> list[str]:
     if isinstance(texts, str | bytes):
         msg = "texts must be a list of strings, got a single string; wrap it in a list."
         raise TypeError(msg)
-    if not isinstance(texts, Sequence):
-        try:
-            texts = list(texts)  # type: ignore[call-overload]
-        except TypeError:
-            msg = f"texts must be a list of strings, got {type(texts).__name__}."
-            raise TypeError(msg) from None
+    if not isinstance(texts, Sequence | Iterable):
+        msg = f"texts must be a list of strings, got {type(texts).__name__}."
+        raise TypeError(msg)
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):

@@ -32,7 +32,7 @@ def load_backend(config: EngineConfig, name: str) -> Backend:
 
         return FlagBackend(config)
     if name == "onnx":
-        from rerank_plugins.backends.onnx import OnnxBackend  # type: ignore[import-not-found]
+        from rerank_plugins.backends.onnx import OnnxBackend
 
         backend: Backend = OnnxBackend(config)
         return backend

@@ -74,7 +74,9 @@ def resolve_max_length(requested: int | None, limit: int, *, cap: int | None) ->
     if requested is None:
         return min(limit, cap) if cap else limit
     if requested > limit:
-        msg = f"max_length={requested} exceeds the model's limit of {limit} tokens; pass <= {limit}."
+        msg = (
+            f"max_length={requested} exceeds the model's limit of {limit} tokens; pass <= {limit}."
+        )
         raise ValueError(msg)
     return requested
 
@@ -125,9 +127,9 @@ class PairEncoder:
         """Token ids of each text, without special tokens and without truncation."""
         if not texts:
             return []
-        out: list[list[int]] = self.tokenizer(
-            list(texts), add_special_tokens=False, verbose=False
-        )["input_ids"]
+        out: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
         return out
 
     def query_ids(self, query: str) -> list[int]:
@@ -147,7 +149,13 @@ class PairEncoder:
     def build(self, q: list[int], d: list[int]) -> Encoded:
         """Assemble one pair from already-cut query and text ids."""
         ids = np.concatenate(
-            [self.prefix, np.asarray(q, np.int64), self.middle, np.asarray(d, np.int64), self.suffix]
+            [
+                self.prefix,
+                np.asarray(q, np.int64),
+                self.middle,
+                np.asarray(d, np.int64),
+                self.suffix,
+            ]
         )
         types = None
         if self.use_token_types:

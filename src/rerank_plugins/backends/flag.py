@@ -107,5 +107,3 @@ class FlagBackend:
         self._reranker = None
         if self.runner is not None:
             self.runner.model = None
-
-

@@ -57,9 +57,7 @@ class SentenceTransformersBackend:
             raise ModelLoadError(msg)
         tokenizer = ce.tokenizer
         limit = model_token_limit(tokenizer, hf_model.config)
-        self.max_length = resolve_max_length(
-            config.max_length, limit, cap=DEFAULT_MAX_LENGTH_CAP
-        )
+        self.max_length = resolve_max_length(config.max_length, limit, cap=DEFAULT_MAX_LENGTH_CAP)
         self.encoder = PairEncoder(tokenizer, self.max_length)
         self.runner = TorchClassifier(hf_model, self.encoder, self.device, dtype)
         self._ce: Any = ce

@@ -1,0 +1,56 @@
+"""A fake backend with the real Backend interface, for fast tests of engine plumbing.
+
+Scores here are a deterministic function of the text; anything about real scores uses a real
+tiny model instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rerank_plugins.backends.base import Encoded
+
+
+def fake_logit(query: str, text: str) -> float:
+    return (zlib.crc32(f"{query}\x00{text}".encode()) % 2000) / 100.0 - 10.0
+
+
+class FakeBackend:
+    name = "fake"
+    device = "cpu"
+    precision = "fp32"
+    max_length = 64
+
+    def __init__(self, fail: Callable[[list[tuple[str, str]]], bool] | None = None) -> None:
+        self.fail = fail
+        self.batches: list[int] = []
+        self.encoded = 0
+        self.lock = threading.Lock()
+
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        self.encoded += len(texts)
+        return [
+            Encoded(
+                length=min(len(t.split()) + 3, 64),
+                truncated=len(t.split()) > 61,
+                payload=(query, t),
+            )
+            for t in texts
+        ]
+
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        pairs = [e.payload for e in batch]
+        with self.lock:
+            self.batches.append(len(batch))
+        if self.fail is not None and self.fail(pairs):
+            raise RuntimeError("injected fault")
+        return [fake_logit(q, t) for q, t in pairs]
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
