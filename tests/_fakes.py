@@ -54,3 +54,49 @@ class FakeBackend:
 
     def close(self) -> None:
         pass
+
+
+class FaultyBackend:
+    """Wraps a real backend and raises on the batches a predicate picks (fault injection)."""
+
+    def __init__(self, inner: Any, fail: Callable[[Sequence[Encoded]], bool]) -> None:
+        self.inner = inner
+        self.fail = fail
+        self.name = inner.name
+        self.device = inner.device
+        self.precision = inner.precision
+        self.max_length = inner.max_length
+        self.batch_sizes: list[int] = []
+        self.failures = 0
+
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        return self.inner.encode(query, texts)
+
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        self.batch_sizes.append(len(batch))
+        if self.fail(batch):
+            self.failures += 1
+            raise RuntimeError(f"injected fault on a batch of {len(batch)}")
+        return self.inner.forward(batch)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        pass
+
+
+class GatedBackend(FakeBackend):
+    """Holds every forward pass until ``gate`` is set: lets tests queue work behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.seen: list[str] = []
+
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        self.started.set()
+        self.gate.wait(10)
+        self.seen.extend(t for _, t in (e.payload for e in batch))
+        return super().forward(batch)

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
@@ -179,6 +179,7 @@ class RerankEngine:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._inflight: list[_Request] = []
         self._warned_truncation = False
         self._stats = {"requests": 0, "pairs": 0, "forward_passes": 0, "forward_pairs": 0}
         self.info = EngineInfo(
@@ -371,7 +372,13 @@ class RerankEngine:
             self._queue.put(_STOP)
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout)
-        self._fail_queued(EngineClosedError(self._closed_message()))
+        error = EngineClosedError(self._closed_message())
+        if self._worker.is_alive():
+            # The worker is stuck in a forward pass: fail its callers rather than strand them.
+            logger.warning("rerank worker still busy after %ss; failing its requests", timeout)
+            for req in list(self._inflight):
+                _settle(req.future, error=error)
+        self._fail_queued(error)
         _unregister(self)
         _LIVE.discard(self)
         self._backend.close()
@@ -425,8 +432,8 @@ class RerankEngine:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Request) and not item.future.done():
-                item.future.set_exception(error)
+            if isinstance(item, _Request):
+                _settle(item.future, error=error)
 
     def _run(self) -> None:
         while True:
@@ -447,13 +454,15 @@ class RerankEngine:
                 cycle.append(item)
                 pairs += len(item.texts)  # type: ignore[attr-defined]
             requests = [r for r in cycle if isinstance(r, _Request)]
+            self._inflight = requests
             try:
                 self._run_cycle(requests)
             except BaseException as exc:  # a bug here must fail callers, never strand them
                 logger.exception("rerank worker cycle failed")
                 for r in requests:
-                    if not r.future.done():
-                        r.future.set_exception(BackendError(f"rerank worker failed: {exc}"))
+                    _settle(r.future, error=BackendError(f"rerank worker failed: {exc}"))
+            finally:
+                self._inflight = []
             if stop:
                 return
 
@@ -485,7 +494,7 @@ class RerankEngine:
                                 self._backend.max_length,
                             )
             except Exception as exc:
-                req.future.set_exception(exc)
+                _settle(req.future, error=exc)
                 continue
             plans.append((req, keys, values))
 
@@ -512,9 +521,9 @@ class RerankEngine:
                 msg = f"the model failed on a pair of this request: {error}"
                 failure = BackendError(msg)
                 failure.__cause__ = error
-                req.future.set_exception(failure)
+                _settle(req.future, error=failure)
             else:
-                req.future.set_result(out)
+                _settle(req.future, result=out)
 
     def _forward(self, items: list[_Item]) -> None:
         """Run one batch; on failure split it in halves down to single pairs."""
@@ -536,6 +545,23 @@ class RerankEngine:
         self._stats["forward_pairs"] += len(items)
         for it, value in zip(items, logits, strict=True):
             it.logit = float(value)
+
+
+def _settle(
+    fut: Future[list[float]],
+    result: list[float] | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Resolve a future unless it already is (closed, cancelled or failed meanwhile)."""
+    if fut.done():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result or [])
+    except InvalidStateError:
+        pass
 
 
 def _sigmoid(x: float) -> float:

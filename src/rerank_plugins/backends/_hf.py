@@ -127,7 +127,8 @@ class PairEncoder:
         """Token ids of each text, without special tokens and without truncation."""
         if not texts:
             return []
-        out: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)[
+        clean = [_well_formed(t) for t in texts]
+        out: list[list[int]] = self.tokenizer(clean, add_special_tokens=False, verbose=False)[
             "input_ids"
         ]
         return out
@@ -174,13 +175,45 @@ class PairEncoder:
         """Encode each (query, text) pair, cutting texts to fit ``max_length``."""
         q = self.query_ids(query)
         budget = self.text_budget(len(q))
+        heads = [self._head(t, budget) for t in texts]
+        tokens = self.tokenize([h for h, _ in heads])
         out = []
-        for d in self.tokenize(texts):
+        for i, (d, (head, rest)) in enumerate(zip(tokens, heads, strict=True)):
+            if rest and len(d) < budget:
+                d = self.tokenize([texts[i]])[0]  # the head was too short after all
+                rest = ""
             enc = self.build(q, self._cut(d, budget))
-            if len(d) > budget:
+            if len(d) > budget or (rest and not rest.isspace()):
                 enc = Encoded(enc.length, True, enc.payload)
             out.append(enc)
         return out
+
+    def _head(self, text: str, budget: int) -> tuple[str, str]:
+        """Split off the start of a very long text that surely holds ``budget`` tokens.
+
+        Tokenizing a 1 MB document in full costs hundreds of MB for tokens that truncation
+        throws away. Pre-tokenizers split words at whitespace, so cutting at a whitespace
+        character leaves the tokens before it unchanged; `encode` falls back to the whole text
+        when the head turns out to hold fewer than ``budget`` tokens.
+        """
+        limit = max(budget * 16, 4096)
+        if self.left or len(text) <= limit:
+            return text, ""
+        cut = limit
+        while cut > 0 and not text[cut].isspace():
+            cut -= 1
+        if cut == 0:
+            return text, ""
+        return text[:cut], text[cut:]
+
+
+def _well_formed(text: str) -> str:
+    """Replace lone surrogates (from bad decoding upstream), which tokenizers refuse, with U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _find(haystack: list[int], needle: list[int], start: int) -> int:
@@ -235,10 +268,15 @@ class TorchClassifier:
         """Raw logits of a batch, as Python floats (computed, then cast up to float32)."""
         torch = self.torch
         arrays = pad_batch(batch, self.pad_id, self.encoder.use_token_types)
-        with torch.inference_mode():
-            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
-            logits = self.model(**inputs, return_dict=True).logits
-            values: list[float] = logits[:, 0].float().cpu().tolist()
+        try:
+            with torch.inference_mode():
+                inputs = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+                logits = self.model(**inputs, return_dict=True).logits
+                values: list[float] = logits[:, 0].float().cpu().tolist()
+        except torch.cuda.OutOfMemoryError:
+            # Free the failed batch's blocks so the engine's split-and-retry can fit halves.
+            torch.cuda.empty_cache()
+            raise
         return values
 
     def attention(self) -> str:
