@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 __all__ = ["ScoreCache", "pair_key"]
 
@@ -29,14 +32,14 @@ def pair_key(query: str, text: str) -> bytes:
     return h.digest()
 
 
-class ScoreCache:
-    """Least-recently-used map from pair keys to raw logits, bounded by ``max_entries``.
+class ScoreCache(Generic[V]):
+    """Least-recently-used map from pair keys to raw results, bounded by ``max_entries``.
 
     A cache belongs to one engine, so its keys are implicitly scoped to that engine's model and
     settings. ``max_entries=0`` disables it.
 
     Examples:
-        >>> cache = ScoreCache(2)
+        >>> cache: ScoreCache[float] = ScoreCache(2)
         >>> cache.put(b"a", 1.0); cache.put(b"b", 2.0); cache.put(b"c", 3.0)
         >>> cache.get(b"a") is None, cache.get(b"c")
         (True, 3.0)
@@ -44,7 +47,7 @@ class ScoreCache:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[bytes, float] = OrderedDict()
+        self._data: OrderedDict[bytes, V] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -52,8 +55,8 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: bytes) -> float | None:
-        """Return the cached logit, or None, and count the hit or miss."""
+    def get(self, key: bytes) -> V | None:
+        """Return the cached value, or None, and count the hit or miss."""
         if self.max_entries == 0:
             return None
         with self._lock:
@@ -65,8 +68,8 @@ class ScoreCache:
             self.hits += 1
             return value
 
-    def put(self, key: bytes, value: float) -> None:
-        """Store a logit, evicting the least recently used entries past the bound."""
+    def put(self, key: bytes, value: V) -> None:
+        """Store a value, evicting the least recently used entries past the bound."""
         if self.max_entries == 0:
             return
         with self._lock:

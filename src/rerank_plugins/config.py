@@ -54,6 +54,10 @@ class EngineConfig:
     """Run model code shipped with the weights. Off unless you trust the model's author."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to load."""
+    long_documents: str = "truncate"
+    """``"truncate"`` (cut at ``max_length``, as the reference libraries do), or a passage mode
+    that scores every overlapping window of a long document and keeps the ``"max"`` (MaxP),
+    the ``"first"`` (FirstP) or the ``"mean"`` window score."""
 
     def __post_init__(self) -> None:
         """Validate and normalise every field; errors name the field and what to pass."""
@@ -87,6 +91,14 @@ class EngineConfig:
             msg = "precision='int8' is only available with backend='onnx'."
             raise ValueError(msg)
 
+        from rerank_plugins.windows import LONG_DOCUMENT_MODES
+
+        if self.long_documents not in LONG_DOCUMENT_MODES:
+            msg = (
+                f"unknown long_documents mode {self.long_documents!r}; "
+                f"expected one of {', '.join(LONG_DOCUMENT_MODES)}."
+            )
+            raise ValueError(msg)
         _positive_or_none("max_length", self.max_length)
         _positive_or_none("batch_tokens", self.batch_tokens)
         _positive_or_none("max_batch_size", self.max_batch_size)

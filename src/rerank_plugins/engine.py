@@ -21,6 +21,7 @@ from rerank_plugins.cache import ScoreCache, pair_key
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import BackendError, EngineClosedError
 from rerank_plugins.results import RerankResult, check_query, check_texts, select
+from rerank_plugins.windows import aggregate
 
 __all__ = ["EngineInfo", "RerankEngine", "Scorer", "close_all_engines", "get_engine"]
 
@@ -103,7 +104,7 @@ class EngineInfo:
 class _Request:
     query: str
     texts: list[str]
-    future: Future[list[float]]
+    future: Future[list[Scored]]
 
 
 @dataclass
@@ -111,6 +112,27 @@ class _Item:
     encoded: Encoded
     logit: float | None = None
     error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A document's raw result: its logit and how much of it was read."""
+
+    logit: float
+    windows: int
+    truncated: bool
+
+
+@dataclass
+class _Doc:
+    items: list[_Item]
+
+    def outcome(self, mode: str) -> Scored | BaseException:
+        for it in self.items:
+            if it.error is not None:
+                return it.error
+        logits = [it.logit for it in self.items if it.logit is not None]
+        return Scored(aggregate(logits, mode), len(self.items), self.items[0].encoded.truncated)
 
 
 _STOP = object()
@@ -175,7 +197,14 @@ class RerankEngine:
         self.policy = BatchPolicy.for_device(
             backend.device, config.batch_tokens, config.max_batch_size
         )
-        self._cache = ScoreCache(config.cache_size)
+        self._cache: ScoreCache[Scored] = ScoreCache(config.cache_size)
+        self._passages = config.long_documents in ("max", "mean")
+        if self._passages and not hasattr(backend, "encode_windows"):
+            msg = (
+                f"long_documents={config.long_documents!r} needs a backend that can split "
+                f"documents into windows; the {backend.name!r} backend cannot."
+            )
+            raise ValueError(msg)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -254,28 +283,7 @@ class RerankEngine:
             >>> engine.score("what is rag?", ["RAG is ...", "Paris is ..."])  # doctest: +SKIP
             [0.98, 0.01]
         """
-        query = check_query(query)
-        texts = check_texts(texts)
-        if not texts:
-            self._check_open()
-            return []
-        futures = self._submit(query, texts)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        logits: list[float] = []
-        try:
-            for fut in futures:
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                logits.extend(fut.result(timeout=remaining))
-        except FutureTimeout:
-            for fut in futures:
-                fut.cancel()
-            msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
-            raise TimeoutError(msg) from None
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-        return self._finish(logits)
+        return [self._scale(r.logit) for r in self._collect(query, texts, timeout)]
 
     async def ascore(
         self, query: str, texts: Sequence[str], *, timeout: float | None = None
@@ -287,23 +295,7 @@ class RerankEngine:
         Examples:
             >>> scores = await engine.ascore("what is rag?", ["RAG is ..."])  # doctest: +SKIP
         """
-        query = check_query(query)
-        texts = check_texts(texts)
-        if not texts:
-            self._check_open()
-            return []
-        futures = self._submit(query, texts)
-        gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-        try:
-            parts = await asyncio.wait_for(gathered, timeout)
-        except asyncio.TimeoutError:
-            msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
-            raise TimeoutError(msg) from None
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-        return self._finish([x for part in parts for x in part])
+        return [self._scale(r.logit) for r in await self._acollect(query, texts, timeout)]
 
     def rerank(
         self,
@@ -331,8 +323,7 @@ class RerankEngine:
             [2, 0]
         """
         texts = check_texts(texts)
-        scores = self.score(query, texts, timeout=timeout)
-        return _results(scores, texts, top_n, score_threshold)
+        return self._results(self._collect(query, texts, timeout), texts, top_n, score_threshold)
 
     async def arerank(
         self,
@@ -345,8 +336,8 @@ class RerankEngine:
     ) -> list[RerankResult]:
         """Async `rerank`."""
         texts = check_texts(texts)
-        scores = await self.ascore(query, texts, timeout=timeout)
-        return _results(scores, texts, top_n, score_threshold)
+        scored = await self._acollect(query, texts, timeout)
+        return self._results(scored, texts, top_n, score_threshold)
 
     def stats(self) -> dict[str, int]:
         """Counters since start: requests, pairs, forward passes, cache hits and misses."""
@@ -409,22 +400,78 @@ class RerankEngine:
         if self._closed:
             raise EngineClosedError(self._closed_message())
 
-    def _submit(self, query: str, texts: list[str]) -> list[Future[list[float]]]:
-        futures: list[Future[list[float]]] = []
+    def _submit(self, query: str, texts: list[str]) -> list[Future[list[Scored]]]:
+        futures: list[Future[list[Scored]]] = []
         with self._lock:
             self._check_open()
             self._stats["requests"] += 1
             self._stats["pairs"] += len(texts)
             for start in range(0, len(texts), _CHUNK):
-                fut: Future[list[float]] = Future()
+                fut: Future[list[Scored]] = Future()
                 self._queue.put(_Request(query, texts[start : start + _CHUNK], fut))
                 futures.append(fut)
         return futures
 
-    def _finish(self, logits: list[float]) -> list[float]:
-        if not self.config.normalize:
-            return [float(x) for x in logits]
-        return [_sigmoid(x) for x in logits]
+    def _scale(self, logit: float) -> float:
+        return _sigmoid(logit) if self.config.normalize else float(logit)
+
+    def _results(
+        self,
+        scored: list[Scored],
+        texts: list[str],
+        top_n: int | None,
+        score_threshold: float | None,
+    ) -> list[RerankResult]:
+        scores = [self._scale(r.logit) for r in scored]
+        return [
+            RerankResult(i, scores[i], texts[i], scored[i].windows, scored[i].truncated)
+            for i in select(scores, top_n, score_threshold)
+        ]
+
+    def _collect(self, query: str, texts: Sequence[str], timeout: float | None) -> list[Scored]:
+        query = check_query(query)
+        texts = check_texts(texts)
+        if not texts:
+            self._check_open()
+            return []
+        futures = self._submit(query, texts)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: list[Scored] = []
+        try:
+            for fut in futures:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                out.extend(fut.result(timeout=remaining))
+        except FutureTimeout:
+            for fut in futures:
+                fut.cancel()
+            msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
+            raise TimeoutError(msg) from None
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        return out
+
+    async def _acollect(
+        self, query: str, texts: Sequence[str], timeout: float | None
+    ) -> list[Scored]:
+        query = check_query(query)
+        texts = check_texts(texts)
+        if not texts:
+            self._check_open()
+            return []
+        futures = self._submit(query, texts)
+        gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        try:
+            parts = await asyncio.wait_for(gathered, timeout)
+        except asyncio.TimeoutError:
+            msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
+            raise TimeoutError(msg) from None
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        return [x for part in parts for x in part]
 
     def _fail_queued(self, error: BaseException) -> None:
         while True:
@@ -466,31 +513,44 @@ class RerankEngine:
             if stop:
                 return
 
+    def _encode(self, query: str, texts: list[str]) -> list[list[Encoded]]:
+        """One list of windows per text.
+
+        A single (maybe truncated) pair, unless a passage mode asks for every window.
+        """
+        if self._passages:
+            encode_windows = self._backend.encode_windows  # type: ignore[attr-defined]
+            windows: list[list[Encoded]] = encode_windows(query, texts)
+        else:
+            windows = [[e] for e in self._backend.encode(query, texts)]
+        if len(windows) != len(texts):
+            msg = f"backend encoded {len(windows)} documents for {len(texts)} texts."
+            raise BackendError(msg)
+        return windows
+
     def _run_cycle(self, requests: list[_Request]) -> None:
-        pending: dict[bytes, _Item] = {}
-        plans: list[tuple[_Request, list[bytes], list[float | None]]] = []
+        pending: dict[bytes, _Doc] = {}
+        plans: list[tuple[_Request, list[bytes], list[Scored | None]]] = []
         for req in requests:
             if not req.future.set_running_or_notify_cancel():
                 continue  # cancelled or timed out before it ran: withdrawn
             try:
                 keys = [pair_key(req.query, t) for t in req.texts]
-                values: list[float | None] = [self._cache.get(k) for k in keys]
+                values: list[Scored | None] = [self._cache.get(k) for k in keys]
                 new: dict[bytes, str] = {}
                 for key, text, value in zip(keys, req.texts, values, strict=True):
                     if value is None and key not in pending and key not in new:
                         new[key] = text
                 if new:
-                    encoded = self._backend.encode(req.query, list(new.values()))
-                    if len(encoded) != len(new):
-                        msg = f"backend encoded {len(encoded)} pairs for {len(new)} texts."
-                        raise BackendError(msg)
-                    for key, enc in zip(new, encoded, strict=True):
-                        pending[key] = _Item(enc)
-                        if enc.truncated and not self._warned_truncation:
+                    encoded = self._encode(req.query, list(new.values()))
+                    for key, windows in zip(new, encoded, strict=True):
+                        pending[key] = _Doc([_Item(e) for e in windows])
+                        if windows[0].truncated and not self._warned_truncation:
                             self._warned_truncation = True
                             logger.warning(
                                 "some documents are longer than max_length=%d tokens and were "
-                                "truncated (logged once per engine).",
+                                "truncated (logged once per engine; long_documents='max' "
+                                "scores every window instead).",
                                 self._backend.max_length,
                             )
             except Exception as exc:
@@ -498,25 +558,25 @@ class RerankEngine:
                 continue
             plans.append((req, keys, values))
 
-        items = list(pending.values())
+        items = [it for doc in pending.values() for it in doc.items]
         if items:
             for batch in plan_batches([it.encoded.length for it in items], self.policy):
                 self._forward([items[i] for i in batch])
-            for key, it in pending.items():
-                if it.logit is not None:
-                    self._cache.put(key, it.logit)
+        done: dict[bytes, Scored | BaseException] = {}
+        for key, doc in pending.items():
+            done[key] = outcome = doc.outcome(self.config.long_documents)
+            if isinstance(outcome, Scored):
+                self._cache.put(key, outcome)
 
         for req, keys, values in plans:
-            out: list[float] = []
+            out: list[Scored] = []
             error: BaseException | None = None
             for key, value in zip(keys, values, strict=True):
-                if value is None:
-                    it = pending[key]
-                    if it.error is not None:
-                        error = it.error
-                        break
-                    value = it.logit
-                out.append(value)  # type: ignore[arg-type]
+                got = value if value is not None else done[key]
+                if isinstance(got, BaseException):
+                    error = got
+                    break
+                out.append(got)
             if error is not None:
                 msg = f"the model failed on a pair of this request: {error}"
                 failure = BackendError(msg)
@@ -548,8 +608,8 @@ class RerankEngine:
 
 
 def _settle(
-    fut: Future[list[float]],
-    result: list[float] | None = None,
+    fut: Future[list[Scored]],
+    result: list[Scored] | None = None,
     error: BaseException | None = None,
 ) -> None:
     """Resolve a future unless it already is (closed, cancelled or failed meanwhile)."""
@@ -571,12 +631,6 @@ def _sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
-
-
-def _results(
-    scores: list[float], texts: list[str], top_n: int | None, score_threshold: float | None
-) -> list[RerankResult]:
-    return [RerankResult(i, scores[i], texts[i]) for i in select(scores, top_n, score_threshold)]
 
 
 # ---------------------------------------------------------------------- shared engines

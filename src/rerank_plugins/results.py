@@ -17,15 +17,22 @@ class RerankResult:
         index: Position of the text in the caller's list.
         score: Relevance score, a plain ``float`` (probability when the engine normalizes).
         text: The text that was scored.
+        windows: How many windows of the text were scored (1 unless a long-document passage
+            mode split it).
+        truncated: Whether part of the text was never seen by the model (cut at
+            ``max_length`` in ``truncate``/``first`` mode).
 
     Examples:
         >>> RerankResult(index=2, score=0.93, text="RAG combines retrieval and generation.")
-        RerankResult(index=2, score=0.93, text='RAG combines retrieval and generation.')
+        RerankResult(index=2, score=0.93, text='RAG combines retrieval and generation.', \
+windows=1, truncated=False)
     """
 
     index: int
     score: float
     text: str
+    windows: int = 1
+    truncated: bool = False
 
 
 def check_query(query: object) -> str:

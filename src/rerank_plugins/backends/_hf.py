@@ -178,7 +178,7 @@ class PairEncoder:
         heads = [self._head(t, budget) for t in texts]
         tokens = self.tokenize([h for h, _ in heads])
         out = []
-        for i, (d, (head, rest)) in enumerate(zip(tokens, heads, strict=True)):
+        for i, (d, (_head, rest)) in enumerate(zip(tokens, heads, strict=True)):
             if rest and len(d) < budget:
                 d = self.tokenize([texts[i]])[0]  # the head was too short after all
                 rest = ""
@@ -186,6 +186,17 @@ class PairEncoder:
             if len(d) > budget or (rest and not rest.isspace()):
                 enc = Encoded(enc.length, True, enc.payload)
             out.append(enc)
+        return out
+
+    def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:
+        """Encode each text as overlapping windows that each fit ``max_length`` with the query."""
+        from rerank_plugins.windows import window_spans
+
+        q = self.query_ids(query)
+        budget = self.text_budget(len(q))
+        out = []
+        for d in self.tokenize(texts):
+            out.append([self.build(q, d[a:b]) for a, b in window_spans(len(d), budget)])
         return out
 
     def _head(self, text: str, budget: int) -> tuple[str, str]:
@@ -208,7 +219,7 @@ class PairEncoder:
 
 
 def _well_formed(text: str) -> str:
-    """Replace lone surrogates (from bad decoding upstream), which tokenizers refuse, with U+FFFD."""
+    """Replace lone surrogates (bad decoding upstream), which tokenizers refuse, by U+FFFD."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -45,6 +45,9 @@ class Backend(Protocol):
         """Raw relevance logits for a batch of encoded pairs, in batch order."""
         ...
 
+    # Optional: ``encode_windows(query, texts) -> list[list[Encoded]]`` splits each text into
+    # overlapping windows for the long-document passage modes (see rerank_plugins.windows).
+
     def describe(self) -> dict[str, Any]:
         """Backend facts for `RerankEngine.info` and the start-up log line."""
         ...

@@ -82,6 +82,13 @@ class FlagBackend:
             for e, text in zip(encoded, texts, strict=True)
         ]
 
+    def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:
+        """Encode each text as overlapping windows (encoder rerankers only)."""
+        if self.llm:
+            msg = "long_documents passage modes need an encoder reranker; LLM rerankers truncate."
+            raise ValueError(msg)
+        return self.encoder.encode_windows(query, texts)
+
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         """Raw logits for a batch of encoded pairs."""
         if self.runner is not None:
