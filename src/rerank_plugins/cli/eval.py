@@ -1,0 +1,162 @@
+"""``rerank-plugins eval``: first stage vs reranked on a BEIR-layout data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rerank_plugins.cli._common import CliError, err, out, table
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``eval`` subcommand."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure nDCG/MRR/recall before and after reranking on your own data",
+        description=(
+            "Evaluate on DATA_DIR in the BEIR layout (corpus.jsonl, queries.jsonl, "
+            "qrels/test.tsv). First-stage candidates come from a bi-encoder (--bi-encoder) or "
+            "a TREC run file (--run); the reranker reorders them. Prints nDCG@10, MRR@10 and "
+            "Recall@10/50/100 before and after, latency, and score thresholds that keep "
+            "80/90/95%% of the relevant documents."
+        ),
+    )
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="folder in the BEIR layout")
+    parser.add_argument("--reranker", "-m", required=True, help="cross-encoder id or folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bi-encoder", help="sentence-transformers id or folder (first stage)")
+    source.add_argument("--run", metavar="RUN_FILE", help="TREC run file (first stage)")
+    parser.add_argument("--candidates", type=int, default=100, help="reranked per query")
+    parser.add_argument("--split", default="test", help="qrels split (default: test)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the JSON results here")
+    parser.add_argument("--plot", metavar="PNG", help="per-query nDCG@10 before vs after")
+    parser.add_argument("--per-query", action="store_true", help="include per-query metrics")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--backend", default="auto", help="auto, sentence-transformers, flag, onnx")
+    parser.add_argument("--max-length", type=int, metavar="T", help="tokens per pair")
+    parser.add_argument(
+        "--long-documents",
+        default="truncate",
+        choices=["truncate", "max", "first", "mean"],
+        help="how documents longer than max_length are scored (default: truncate)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, retrieve or read the run, rerank, report."""
+    if args.candidates < 1:
+        msg = f"--candidates must be at least 1, got {args.candidates}."
+        raise CliError(msg)
+    from rerank_plugins import get_engine
+    from rerank_plugins.evaluation import evaluate, load_beir, load_trec_run
+
+    try:
+        data = load_beir(args.data_dir, split=args.split)
+        run_file = load_trec_run(args.run) if args.run else None
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from exc
+    if not data.queries:
+        msg = f"no judged queries in {args.data_dir}; check qrels/{args.split}.tsv."
+        raise CliError(msg)
+
+    options: dict[str, Any] = {
+        "device": args.device,
+        "backend": args.backend,
+        "long_documents": args.long_documents,
+    }
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
+    engine = get_engine(args.reranker, **options)
+
+    first_stage: Any = run_file
+    if run_file is None:
+        first_stage = _bi_encoder_first_stage(args, data, engine)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(data.queries), desc="rerank", unit="query", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(1)
+
+    report = evaluate(
+        data,
+        engine,
+        first_stage,
+        candidates=args.candidates,
+        per_query=args.per_query or bool(args.plot),
+        progress=progress,
+    )
+    bar.close()
+    rows = [
+        [
+            m,
+            f"{report.first_stage[m]:.4f}",
+            f"{report.reranked[m]:.4f}",
+            f"{report.difference[m]:+.4f}",
+        ]
+        for m in report.first_stage
+    ]
+    out(table(["metric", "first stage", "reranked", "difference"], rows, right=[1, 2, 3]))
+    lat = report.latency_ms
+    out(
+        f"{report.queries} queries x {report.candidates} candidates; rerank latency median "
+        f"{lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms; {report.pairs_per_second:.1f} pairs/s"
+    )
+    if report.thresholds:
+        shown = ", ".join(f"{k}: {v:.4f}" for k, v in report.thresholds.items())
+        out(f"score_threshold suggestions (share of relevant candidates kept): {shown}")
+    payload = report.to_dict()
+    payload["reranker"] = engine.info.model
+    if args.output:
+        Path(args.output).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        err(f"wrote {args.output}")
+    if args.plot:
+        _plot(report.per_query, args.plot)
+        err(f"wrote {args.plot}")
+    return 0
+
+
+def _bi_encoder_first_stage(args: argparse.Namespace, data: Any, engine: Any) -> Any:
+    from rerank_plugins.retrieval import TwoStageRetriever
+
+    retriever = TwoStageRetriever(bi_encoder=args.bi_encoder, engine=engine)
+    ids = list(data.corpus)
+    retriever.index([data.corpus[i] for i in ids], ids=ids)
+
+    def first_stage(qid: str, query: str, k: int) -> list[str]:
+        run = retriever.retrieve_detailed(query, top_k=k, candidates=k)
+        ordered = sorted(run.candidates, key=lambda h: h.first_stage_rank)
+        return [h.id for h in ordered]
+
+    return first_stage
+
+
+def _plot(per_query: dict[str, dict[str, dict[str, float]]], path: str) -> None:
+    from rerank_plugins._imports import require
+
+    matplotlib = require("matplotlib", extra="eval", purpose="--plot")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", extra="eval", purpose="--plot")
+    qids = sorted(per_query, key=lambda q: per_query[q]["first_stage"]["ndcg@10"])
+    before = [per_query[q]["first_stage"]["ndcg@10"] for q in qids]
+    after = [per_query[q]["reranked"]["ndcg@10"] for q in qids]
+    fig, ax = plt.subplots(figsize=(max(6, len(qids) * 0.35), 4))
+    xs = range(len(qids))
+    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="first stage")
+    ax.bar([x + 0.2 for x in xs], after, width=0.4, label="reranked")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(qids, rotation=90, fontsize=7)
+    ax.set_ylabel("nDCG@10")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Per-query nDCG@10, before and after reranking")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
