@@ -93,3 +93,18 @@ def test_scores_do_not_depend_on_batch_budget(bert_path: str, long_text: str) ->
     with RerankEngine(bert_path, device="cpu", batch_tokens=100_000, cache_size=0) as big:
         b = big.score(QUERY, texts)
     assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sentence-transformers", "flag"])
+def test_every_backend_gives_probabilities_or_logits_on_the_same_scale(
+    backend: str, xlmr_path: str
+) -> None:
+    import math
+
+    texts = SHORT
+    with RerankEngine(xlmr_path, backend=backend, device="cpu") as probs:
+        p = probs.score(QUERY, texts)
+    with RerankEngine(xlmr_path, backend=backend, device="cpu", normalize=False) as raw:
+        z = raw.score(QUERY, texts)
+    assert all(0.0 <= x <= 1.0 for x in p)
+    assert p == pytest.approx([1 / (1 + math.exp(-v)) for v in z], abs=1e-7)
