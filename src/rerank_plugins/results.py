@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["RerankResult", "check_query", "check_texts", "check_top_n", "select"]
+__all__ = ["RerankResult", "check_query", "check_texts", "check_threshold", "check_top_n", "select"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,13 @@ def check_top_n(top_n: object, *, allow_none: bool = True) -> int | None:
     return top_n
 
 
-def _check_threshold(score_threshold: object) -> float | None:
+def check_threshold(score_threshold: object) -> float | None:
+    """Validate a ``score_threshold`` (a number, or None for no threshold).
+
+    Raises:
+        TypeError: It is not a number.
+        ValueError: It is NaN.
+    """
     if score_threshold is None:
         return None
     if not isinstance(score_threshold, int | float) or isinstance(score_threshold, bool):
@@ -125,7 +131,7 @@ def select(
         [1, 2]
     """
     top_n = check_top_n(top_n)
-    threshold = _check_threshold(score_threshold)
+    threshold = check_threshold(score_threshold)
     order = sorted(
         range(len(scores)),
         key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0.0, i),

@@ -30,7 +30,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--reranker", "-m", required=True, help="cross-encoder id or folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bi-encoder", help="sentence-transformers id or folder (first stage)")
-    source.add_argument("--run", metavar="RUN_FILE", help="TREC run file (first stage)")
+    # dest differs from "run": the CLI keeps each subcommand's entry point in args.run.
+    source.add_argument(
+        "--run", dest="run_file", metavar="RUN_FILE", help="TREC run file (first stage)"
+    )
     parser.add_argument("--candidates", type=int, default=100, help="reranked per query")
     parser.add_argument("--split", default="test", help="qrels split (default: test)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write the JSON results here")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         data = load_beir(args.data_dir, split=args.split)
-        run_file = load_trec_run(args.run) if args.run else None
+        run_file = load_trec_run(args.run_file) if args.run_file else None
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from exc
     if not data.queries:

@@ -1,0 +1,258 @@
+"""What the LangChain and LlamaIndex adapters share: settings, engine resolution, texts, results."""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import Self
+
+from rerank_plugins.config import EngineConfig
+from rerank_plugins.engine import Scorer, get_engine
+from rerank_plugins.results import RerankResult, check_query, check_threshold, check_top_n
+
+__all__ = [
+    "AdapterSettings",
+    "check_template",
+    "fill_template",
+    "gather_engine_options",
+    "model_name",
+]
+
+T = TypeVar("T")
+
+
+class AdapterSettings(BaseModel):
+    """The settings every adapter has: which engine scores, how many results, which threshold.
+
+    A pydantic mixin placed before the framework's base class, so that both adapters validate
+    these settings, load their engine and rank items by the same code. Keyword arguments named
+    after engine options (``device``, ``max_length`` ...) are gathered into ``engine_options``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    model: str | None = None
+    """Hugging Face hub id or local folder of a cross-encoder. The adapter then scores with
+    ``get_engine(model, **engine_options)``, so adapters with the same settings share one loaded
+    model. Give ``model`` or ``engine``, not both."""
+    # Typed as always set (it is, once __init__ returns), so callers need no None check.
+    engine: Scorer = Field(default=None, exclude=True)  # type: ignore[assignment]
+    """The engine that scores: any `rerank_plugins.Scorer`. Built from ``model`` when not
+    given; always set after construction."""
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    """Engine options used with ``model`` (see `rerank_plugins.EngineConfig`); they may also be
+    passed as keyword arguments, e.g. ``device="cpu"``."""
+    top_n: int = 3
+    """Keep at most this many items, best first."""
+    score_threshold: float | None = None
+    """Drop items scoring below this value, before the ``top_n`` cut. Pick it on the engine's
+    score scale (probabilities in [0, 1] by default)."""
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # Loaded here rather than in a validator, so that a missing model surfaces as
+        # ModelLoadError instead of being wrapped in a pydantic ValidationError.
+        # (The validator guarantees exactly one of model and engine.)
+        if self.model is not None:
+            self.engine = get_engine(self.model, **self.engine_options)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        # The engine is a process-wide resource (a model, a worker thread): copies share it.
+        memo = {} if memo is None else memo
+        memo[id(self.engine)] = self.engine
+        return super().__deepcopy__(memo)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # An engine does not pickle; one built from `model` is looked up again on unpickling.
+        # BaseModel's state is taken directly because LlamaIndex's BaseComponent.__getstate__
+        # deletes unpicklable attributes from the live object, which would strip our engine.
+        state = BaseModel.__getstate__(self)
+        if self.model is not None:
+            fields = {k: v for k, v in state["__dict__"].items() if k != "engine"}
+            state = {**state, "__dict__": fields}
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        BaseModel.__setstate__(self, state)
+        if self.model is not None:
+            self.engine = get_engine(self.model, **self.engine_options)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_engine_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if isinstance(data.get("model"), os.PathLike):
+            data = {**data, "model": os.fspath(data["model"])}
+        return gather_engine_options(cls.__name__, data, cls.model_fields)
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: Any) -> int | None:
+        return check_top_n(value, allow_none=False)
+
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _check_score_threshold(cls, value: Any) -> float | None:
+        return check_threshold(value)
+
+    def _rank(
+        self, query: str, items: Sequence[T], text_of: Callable[[T], str]
+    ) -> list[tuple[T, float]]:
+        """Score ``items`` against ``query``: the survivors, best first, with their scores."""
+        query = check_query(query)
+        texts = _texts(items, text_of)
+        if not texts:
+            return []
+        results = self.engine.rerank(query, texts, self.top_n, self.score_threshold)
+        return _attach(items, results)
+
+    async def _arank(
+        self, query: str, items: Sequence[T], text_of: Callable[[T], str]
+    ) -> list[tuple[T, float]]:
+        """Async `_rank`: awaits the engine on the event loop, without a worker thread."""
+        query = check_query(query)
+        texts = _texts(items, text_of)
+        if not texts:
+            return []
+        results = await self.engine.arerank(query, texts, self.top_n, self.score_threshold)
+        return _attach(items, results)
+
+
+def gather_engine_options(
+    owner: str, data: dict[str, Any], fields: Collection[str]
+) -> dict[str, Any]:
+    """Move engine options given as keyword arguments into ``engine_options``; check the rest.
+
+    Args:
+        owner: The adapter's class name, for messages.
+        data: The keyword arguments the adapter was built with.
+        fields: The adapter's own setting names.
+
+    Returns:
+        New keyword arguments: the adapter's own settings plus the merged ``engine_options``.
+
+    Raises:
+        TypeError: An argument that is neither a setting nor an engine option, an option given
+            twice, both or neither of ``model`` and ``engine``, engine options together with
+            ``engine=``, or an ``engine`` that is not a `Scorer`.
+    """
+    known = EngineConfig.option_names()
+    extra = {k: v for k, v in data.items() if k not in fields}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        msg = (
+            f"{owner} got unknown option(s) {', '.join(map(repr, unknown))}; expected its "
+            f"settings ({', '.join(sorted(fields))}) or engine options "
+            f"({', '.join(sorted(known))})."
+        )
+        raise TypeError(msg)
+    given = data.get("engine_options") or {}
+    if not isinstance(given, Mapping):
+        msg = f"engine_options must be a dict of engine options, got {type(given).__name__}."
+        raise TypeError(msg)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        msg = (
+            f"{owner} got unknown engine option(s) {', '.join(map(repr, unknown))} in "
+            f"engine_options; expected some of {', '.join(sorted(known))}."
+        )
+        raise TypeError(msg)
+    twice = sorted(set(given) & set(extra))
+    if twice:
+        msg = (
+            f"{owner} got engine option(s) {', '.join(map(repr, twice))} both as keyword "
+            "arguments and in engine_options; pass each once."
+        )
+        raise TypeError(msg)
+    options = {**given, **extra}
+
+    model, engine = data.get("model"), data.get("engine")
+    if (model is None) == (engine is None):
+        what = "both" if model is not None else "neither"
+        msg = (
+            f"{owner} needs exactly one of model= (a hub id or local folder) and engine= (an "
+            f"existing engine), got {what}."
+        )
+        raise TypeError(msg)
+    if engine is not None:
+        if not isinstance(engine, Scorer):
+            msg = (
+                f"engine must implement rerank_plugins.Scorer (score, ascore, rerank, "
+                f"arerank), got {type(engine).__name__}; pass get_engine(...) or a RerankEngine."
+            )
+            raise TypeError(msg)
+        if options:
+            msg = (
+                f"engine options ({', '.join(sorted(options))}) only apply with model=; the "
+                "given engine was built with its own options."
+            )
+            raise TypeError(msg)
+
+    out = {k: v for k, v in data.items() if k in fields}
+    out["engine_options"] = options
+    return out
+
+
+def model_name(settings: AdapterSettings) -> str:
+    """A name for the model behind an adapter, for framework events and logs."""
+    if settings.model is not None:
+        return settings.model
+    info = getattr(settings.engine, "info", None)
+    return str(getattr(info, "model", None) or type(settings.engine).__name__)
+
+
+def check_template(template: str) -> str:
+    """Return ``template`` if it is a valid ``str.format`` template with at least one field.
+
+    Raises:
+        ValueError: The template does not parse, or names no field.
+    """
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        msg = f"text_template {template!r} is not a valid format string: {exc}."
+        raise ValueError(msg) from exc
+    if not names or any(name == "" or name.isdigit() for name in names):
+        msg = (
+            f"text_template {template!r} must name its fields, e.g. "
+            "'{title}: {page_content}'; positional fields like '{}' are not allowed."
+        )
+        raise ValueError(msg)
+    return template
+
+
+def fill_template(template: str, fields: Mapping[str, Any]) -> str:
+    """Fill ``template`` from ``fields``, naming any field an item lacks.
+
+    Raises:
+        ValueError: The item lacks a field the template names.
+    """
+    try:
+        return template.format_map(fields)
+    except KeyError as exc:
+        msg = (
+            f"text_template needs the field {exc.args[0]!r}, which an item lacks (it has: "
+            f"{', '.join(sorted(map(str, fields)))}); add it to every item's metadata, or "
+            "pass a callable text_template that handles missing fields."
+        )
+        raise ValueError(msg) from None
+
+
+def _texts(items: Sequence[T], text_of: Callable[[T], str]) -> list[str]:
+    texts = []
+    for i, item in enumerate(items):
+        text = text_of(item)
+        if not isinstance(text, str):
+            msg = f"the text chosen for item {i} is a {type(text).__name__}, expected a str."
+            raise TypeError(msg)
+        texts.append(text)
+    return texts
+
+
+def _attach(items: Sequence[T], results: Sequence[RerankResult]) -> list[tuple[T, float]]:
+    return [(items[r.index], float(r.score)) for r in results]

@@ -1,0 +1,162 @@
+"""LlamaIndex adapter: `RerankPostprocessor`, a node postprocessor backed by the shared engine."""
+
+from __future__ import annotations
+
+from rerank_plugins._imports import require
+
+require("llama_index.core", extra="llama-index", purpose="rerank_plugins.llama_index")
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Any  # noqa: E402
+
+from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation.events.rerank import (  # noqa: E402
+    ReRankEndEvent,
+    ReRankStartEvent,
+)
+from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
+
+from rerank_plugins._adapters import AdapterSettings, model_name  # noqa: E402
+
+__all__ = ["RETRIEVAL_SCORE_KEY", "RerankPostprocessor"]
+
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+"""Metadata key of the original retrieval score when ``keep_retrieval_score=True``."""
+
+dispatcher = get_dispatcher(__name__)
+
+
+class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
+    """Rerank retrieved nodes with a cross-encoder and keep the best, with their scores.
+
+    Use it in ``index.as_query_engine(node_postprocessors=[...])`` (``query`` and ``aquery``)
+    or on a retriever's output with ``postprocess_nodes`` / ``apostprocess_nodes``. It returns
+    new `NodeWithScore` objects, best first, holding copies of the nodes with
+    ``NodeWithScore.score`` set to the rerank score (a plain ``float``); the caller's nodes are
+    never changed. It emits LlamaIndex's ``ReRankStartEvent`` / ``ReRankEndEvent`` and the
+    callback manager's ``RERANKING`` event, and the async path awaits the engine directly.
+
+    Args:
+        model: Hub id or local folder of a cross-encoder, loaded once per process through
+            `rerank_plugins.get_engine` (postprocessors with the same settings share it).
+        engine: An existing engine (any `rerank_plugins.Scorer`) instead of ``model``.
+        engine_options: Engine options for ``model``; they may also be given as keyword
+            arguments (``device="cpu"``, ``max_length=256`` ...).
+        top_n: Keep at most this many nodes (default 3).
+        score_threshold: Drop nodes scoring below this, before the ``top_n`` cut.
+        metadata_mode: Which metadata ``node.get_content`` includes in the scored text
+            (default ``MetadataMode.EMBED``, as LlamaIndex's own rerankers).
+        keep_retrieval_score: Keep the original retrieval score in the copy's metadata under
+            ``"retrieval_score"`` (hidden from the text the LLM and embeddings see).
+        callback_manager: LlamaIndex callback manager (set by the query engine).
+
+    Raises:
+        TypeError: An unknown option, or not exactly one of ``model`` and ``engine``.
+        ValueError: A bad setting (``top_n < 1`` ...); `rerank_plugins.ModelLoadError` when
+            the model cannot be loaded.
+
+    Examples:
+        >>> from llama_index.core.schema import NodeWithScore, TextNode
+        >>> from rerank_plugins.llama_index import RerankPostprocessor
+        >>> reranker = RerankPostprocessor(  # doctest: +SKIP
+        ...     model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=1
+        ... )
+        >>> texts = ["RAG is ...", "Cats purr."]
+        >>> nodes = [NodeWithScore(node=TextNode(text=t), score=0.5) for t in texts]
+        >>> best = reranker.postprocess_nodes(nodes, query_str="what is rag?")  # doctest: +SKIP
+        >>> best[0].node.text, round(best[0].score, 2)  # doctest: +SKIP
+        ('RAG is ...', 0.97)
+    """
+
+    metadata_mode: MetadataMode = MetadataMode.EMBED
+    """Which metadata ``node.get_content(metadata_mode=...)`` puts into the scored text."""
+    keep_retrieval_score: bool = False
+    """Keep the original retrieval score in the copy's metadata under ``"retrieval_score"``."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used by LlamaIndex serialization."""
+        return "RerankPostprocessor"
+
+    def _postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query = _query_of(query_bundle)
+        with self._reranking(nodes, query_bundle, query) as finish:
+            return finish(self._rank(query, nodes, self._text_of))
+
+    async def _apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query = _query_of(query_bundle)
+        with self._reranking(nodes, query_bundle, query) as finish:
+            return finish(await self._arank(query, nodes, self._text_of))
+
+    def _text_of(self, node: NodeWithScore) -> str:
+        return node.node.get_content(metadata_mode=self.metadata_mode)
+
+    def _scored(self, ranked: list[tuple[NodeWithScore, float]]) -> list[NodeWithScore]:
+        out = []
+        for item, score in ranked:
+            # A shallow copy of the node with its own metadata dict and exclusion lists (what
+            # later steps tend to edit): the caller's node and its score stay as they were.
+            node = item.node
+            metadata = dict(node.metadata)
+            excluded_llm = list(node.excluded_llm_metadata_keys)
+            excluded_embed = list(node.excluded_embed_metadata_keys)
+            if self.keep_retrieval_score:
+                metadata[RETRIEVAL_SCORE_KEY] = None if item.score is None else float(item.score)
+                # Bookkeeping, not content: keep it out of what the LLM and embeddings read.
+                for keys in (excluded_llm, excluded_embed):
+                    if RETRIEVAL_SCORE_KEY not in keys:
+                        keys.append(RETRIEVAL_SCORE_KEY)
+            update = {
+                "metadata": metadata,
+                "excluded_llm_metadata_keys": excluded_llm,
+                "excluded_embed_metadata_keys": excluded_embed,
+            }
+            out.append(NodeWithScore(node=node.model_copy(update=update), score=score))
+        return out
+
+    @contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
+    ) -> Iterator[Callable[[list[tuple[NodeWithScore, float]]], list[NodeWithScore]]]:
+        """Emit the start events; yield the step that builds the result and ends the events."""
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=model_name(self)
+            )
+        )
+        payload: dict[str, Any] = {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: model_name(self),
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+
+            def finish(ranked: list[tuple[NodeWithScore, float]]) -> list[NodeWithScore]:
+                result = self._scored(ranked)
+                event.on_end(payload={EventPayload.NODES: result})
+                dispatcher.event(ReRankEndEvent(nodes=result))
+                return result
+
+            yield finish
+
+
+def _query_of(query_bundle: QueryBundle | None) -> str:
+    if query_bundle is None:
+        msg = (
+            "RerankPostprocessor needs the query: pass query_str=... (or query_bundle=...) to "
+            "postprocess_nodes, or use it inside a query engine."
+        )
+        raise ValueError(msg)
+    return query_bundle.query_str
