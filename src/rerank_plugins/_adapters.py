@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import string
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
@@ -13,6 +14,11 @@ from typing_extensions import Self
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.engine import Scorer, get_engine
 from rerank_plugins.results import RerankResult, check_query, check_threshold, check_top_n
+
+logger = logging.getLogger("rerank_plugins")
+
+RERANKED_KEY = "reranked"
+"""Metadata key set to False on items passed through unranked (``on_error="passthrough"``)."""
 
 __all__ = [
     "AdapterSettings",
@@ -51,6 +57,14 @@ class AdapterSettings(BaseModel):
     score_threshold: float | None = None
     """Drop items scoring below this value, before the ``top_n`` cut. Pick it on the engine's
     score scale (probabilities in [0, 1] by default)."""
+    on_error: Literal["raise", "passthrough"] = "raise"
+    """What a reranker failure (model error, closed engine, timeout, unreachable server) does:
+    ``"raise"`` it, or ``"passthrough"``: log a warning and return the first ``top_n`` items in
+    the retriever's order, marked ``reranked=False`` in their metadata, so a RAG service keeps
+    answering while the reranker is down. Bad input (an empty query) always raises."""
+    timeout: float | None = None
+    """Seconds to wait for the engine at most (None: no bound); a timeout is a failure in the
+    sense of ``on_error``."""
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -102,25 +116,56 @@ class AdapterSettings(BaseModel):
 
     def _rank(
         self, query: str, items: Sequence[T], text_of: Callable[[T], str]
-    ) -> list[tuple[T, float]]:
-        """Score ``items`` against ``query``: the survivors, best first, with their scores."""
+    ) -> list[tuple[T, float | None]]:
+        """Score ``items`` against ``query``: the survivors, best first, with their scores.
+
+        A score of None marks an item passed through unranked (``on_error="passthrough"``).
+        """
         query = check_query(query)
         texts = _texts(items, text_of)
         if not texts:
             return []
-        results = self.engine.rerank(query, texts, self.top_n, self.score_threshold)
+        try:
+            results = self.engine.rerank(
+                query, texts, self.top_n, self.score_threshold, **self._wait()
+            )
+        except (TypeError, ValueError):
+            raise
+        except Exception as exc:
+            return self._passthrough(items, exc)
         return _attach(items, results)
 
     async def _arank(
         self, query: str, items: Sequence[T], text_of: Callable[[T], str]
-    ) -> list[tuple[T, float]]:
+    ) -> list[tuple[T, float | None]]:
         """Async `_rank`: awaits the engine on the event loop, without a worker thread."""
         query = check_query(query)
         texts = _texts(items, text_of)
         if not texts:
             return []
-        results = await self.engine.arerank(query, texts, self.top_n, self.score_threshold)
+        try:
+            results = await self.engine.arerank(
+                query, texts, self.top_n, self.score_threshold, **self._wait()
+            )
+        except (TypeError, ValueError):
+            raise
+        except Exception as exc:
+            return self._passthrough(items, exc)
         return _attach(items, results)
+
+    def _wait(self) -> dict[str, float]:
+        return {} if self.timeout is None else {"timeout": self.timeout}
+
+    def _passthrough(self, items: Sequence[T], exc: Exception) -> list[tuple[T, float | None]]:
+        if self.on_error != "passthrough":
+            raise exc
+        logger.warning(
+            "reranking failed (%s: %s); on_error='passthrough' returns the retriever's order, "
+            "marked reranked=False",
+            type(exc).__name__,
+            exc,
+        )
+        return [(item, None) for item in items[: self.top_n]]
 
 
 def gather_engine_options(
@@ -254,5 +299,5 @@ def _texts(items: Sequence[T], text_of: Callable[[T], str]) -> list[str]:
     return texts
 
 
-def _attach(items: Sequence[T], results: Sequence[RerankResult]) -> list[tuple[T, float]]:
+def _attach(items: Sequence[T], results: Sequence[RerankResult]) -> list[tuple[T, float | None]]:
     return [(items[r.index], float(r.score)) for r in results]

@@ -52,6 +52,8 @@ class Scorer(Protocol):
         texts: Sequence[str],
         top_n: int | None = None,
         score_threshold: float | None = None,
+        *,
+        timeout: float | None = None,
     ) -> list[RerankResult]:
         """Results best first, thresholded, then cut to ``top_n``."""
         ...
@@ -62,6 +64,8 @@ class Scorer(Protocol):
         texts: Sequence[str],
         top_n: int | None = None,
         score_threshold: float | None = None,
+        *,
+        timeout: float | None = None,
     ) -> list[RerankResult]:
         """Async `rerank`."""
         ...

@@ -12,7 +12,12 @@ from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
 from pydantic import field_validator  # noqa: E402
 
-from rerank_plugins._adapters import AdapterSettings, check_template, fill_template  # noqa: E402
+from rerank_plugins._adapters import (  # noqa: E402
+    RERANKED_KEY,
+    AdapterSettings,
+    check_template,
+    fill_template,
+)
 
 __all__ = ["RerankCompressor"]
 
@@ -122,10 +127,16 @@ class RerankCompressor(AdapterSettings, BaseDocumentCompressor):
             )
         return template(document)
 
-    def _scored(self, ranked: list[tuple[Document, float]]) -> list[Document]:
+    def _scored(self, ranked: list[tuple[Document, float | None]]) -> list[Document]:
         # model_copy keeps the caller's Document subclass, id and every other field; the new
         # metadata dict leaves the caller's own untouched.
         return [
-            doc.model_copy(update={"metadata": {**doc.metadata, self.score_key: score}})
+            doc.model_copy(
+                update={
+                    "metadata": {**doc.metadata, self.score_key: score}
+                    if score is not None
+                    else {**doc.metadata, RERANKED_KEY: False}
+                }
+            )
             for doc, score in ranked
         ]

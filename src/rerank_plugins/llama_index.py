@@ -19,7 +19,7 @@ from llama_index.core.instrumentation.events.rerank import (  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-from rerank_plugins._adapters import AdapterSettings, model_name  # noqa: E402
+from rerank_plugins._adapters import RERANKED_KEY, AdapterSettings, model_name  # noqa: E402
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "RerankPostprocessor"]
 
@@ -102,7 +102,7 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
     def _text_of(self, node: NodeWithScore) -> str:
         return node.node.get_content(metadata_mode=self.metadata_mode)
 
-    def _scored(self, ranked: list[tuple[NodeWithScore, float]]) -> list[NodeWithScore]:
+    def _scored(self, ranked: list[tuple[NodeWithScore, float | None]]) -> list[NodeWithScore]:
         out = []
         for item, score in ranked:
             # A shallow copy of the node with its own metadata dict and exclusion lists (what
@@ -111,12 +111,17 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
             metadata = dict(node.metadata)
             excluded_llm = list(node.excluded_llm_metadata_keys)
             excluded_embed = list(node.excluded_embed_metadata_keys)
+            bookkeeping = []
             if self.keep_retrieval_score:
                 metadata[RETRIEVAL_SCORE_KEY] = None if item.score is None else float(item.score)
-                # Bookkeeping, not content: keep it out of what the LLM and embeddings read.
-                for keys in (excluded_llm, excluded_embed):
-                    if RETRIEVAL_SCORE_KEY not in keys:
-                        keys.append(RETRIEVAL_SCORE_KEY)
+                bookkeeping.append(RETRIEVAL_SCORE_KEY)
+            if score is None:  # passed through unranked: keep the retrieval score
+                metadata[RERANKED_KEY] = False
+                bookkeeping.append(RERANKED_KEY)
+                score = item.score
+            # Bookkeeping, not content: keep it out of what the LLM and embeddings read.
+            for keys in (excluded_llm, excluded_embed):
+                keys.extend(k for k in bookkeeping if k not in keys)
             update = {
                 "metadata": metadata,
                 "excluded_llm_metadata_keys": excluded_llm,
@@ -128,7 +133,7 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
     @contextmanager
     def _reranking(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
-    ) -> Iterator[Callable[[list[tuple[NodeWithScore, float]]], list[NodeWithScore]]]:
+    ) -> Iterator[Callable[[list[tuple[NodeWithScore, float | None]]], list[NodeWithScore]]]:
         """Emit the start events; yield the step that builds the result and ends the events."""
         dispatcher.event(
             ReRankStartEvent(
@@ -143,7 +148,9 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
         }
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
 
-            def finish(ranked: list[tuple[NodeWithScore, float]]) -> list[NodeWithScore]:
+            def finish(
+                ranked: list[tuple[NodeWithScore, float | None]],
+            ) -> list[NodeWithScore]:
                 result = self._scored(ranked)
                 event.on_end(payload={EventPayload.NODES: result})
                 dispatcher.event(ReRankEndEvent(nodes=result))
