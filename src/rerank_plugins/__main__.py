@@ -1,0 +1,6 @@
+"""``python -m rerank_plugins``: the same command line as ``rerank-plugins``."""
+
+from rerank_plugins.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
