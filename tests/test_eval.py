@@ -64,7 +64,9 @@ def test_metrics_agree_with_ranx_on_a_random_run() -> None:
     run = {q: rng.sample(docs, 120) for q in qrels}
     ours, _ = evaluate_run(run, qrels)
     ranx_run = Run({q: {d: float(len(r) - i) for i, d in enumerate(r)} for q, r in run.items()})
-    theirs = ranx_evaluate(Qrels(qrels), ranx_run, ["ndcg@10", "mrr@10", "recall@10", "recall@50", "recall@100"])
+    theirs = ranx_evaluate(
+        Qrels(qrels), ranx_run, ["ndcg@10", "mrr@10", "recall@10", "recall@50", "recall@100"]
+    )
     for metric, value in theirs.items():
         assert ours[metric] == pytest.approx(value, abs=1e-6), metric
 
@@ -79,11 +81,11 @@ def test_the_shipped_sample_loads_in_the_beir_layout() -> None:
 
 
 def test_missing_beir_files_and_bad_run_lines_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"corpus\.jsonl"):
         load_beir(tmp_path)
     bad = tmp_path / "bad.trec"
     bad.write_text("q1 Q0 d1 1\n")
-    with pytest.raises(ValueError, match="bad.trec:1"):
+    with pytest.raises(ValueError, match=r"bad\.trec:1"):
         load_trec_run(bad)
 
 
@@ -130,15 +132,32 @@ def test_suggest_threshold_keeps_the_requested_share() -> None:
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rerank_plugins", *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
     )
 
 
-def test_eval_command_with_a_run_file_writes_json_and_a_plot(bert_path: str, tmp_path: Path) -> None:
+def test_eval_command_with_a_run_file_writes_json_and_a_plot(
+    bert_path: str, tmp_path: Path
+) -> None:
     output, plot = tmp_path / "results.json", tmp_path / "plot.png"
     proc = _cli(
-        "eval", str(SAMPLE), "--reranker", bert_path, "--run", str(SAMPLE / "run.trec"),
-        "--candidates", "20", "--device", "cpu", "--output", str(output), "--plot", str(plot),
+        "eval",
+        str(SAMPLE),
+        "--reranker",
+        bert_path,
+        "--run",
+        str(SAMPLE / "run.trec"),
+        "--candidates",
+        "20",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+        "--plot",
+        str(plot),
     )
     assert proc.returncode == 0, proc.stderr
     assert "ndcg@10" in proc.stdout and "first stage" in proc.stdout
@@ -153,8 +172,18 @@ def test_eval_command_with_a_bi_encoder(bert_path: str, tmp_path: Path) -> None:
 
     output = tmp_path / "results.json"
     proc = _cli(
-        "eval", str(SAMPLE), "--reranker", bert_path, "--bi-encoder", str(bi_encoder_path()),
-        "--candidates", "10", "--device", "cpu", "--output", str(output),
+        "eval",
+        str(SAMPLE),
+        "--reranker",
+        bert_path,
+        "--bi-encoder",
+        str(bi_encoder_path()),
+        "--candidates",
+        "10",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(output.read_text())

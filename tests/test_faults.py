@@ -52,8 +52,9 @@ def test_a_pair_that_always_fails_fails_only_its_own_request(real_backend) -> No
     poison = real_backend.encode("what is rag?", ["poison pill"])[0]
 
     def has_poison(batch: list[Encoded]) -> bool:
-        return any(e.length == poison.length and (e.payload[0] == poison.payload[0]).all()
-                   for e in batch)
+        return any(
+            e.length == poison.length and (e.payload[0] == poison.payload[0]).all() for e in batch
+        )
 
     faulty = FaultyBackend(real_backend, fail=has_poison)
     with RerankEngine.from_backend(faulty, cache_size=0) as engine:
@@ -80,7 +81,7 @@ def test_a_timeout_raises_and_withdraws_pairs_that_have_not_run() -> None:
         blocker.start()
         assert backend.started.wait(5)
         started = time.monotonic()
-        with pytest.raises(TimeoutError, match="timeout=0.2s"):
+        with pytest.raises(TimeoutError, match=r"timeout=0\.2s"):
             engine.score("q", ["late"], timeout=0.2)
         assert time.monotonic() - started < 2
         backend.gate.set()

@@ -76,10 +76,10 @@ def test_ten_thousand_duplicates_cost_one_forward_pair() -> None:
 def test_truncation_is_logged_once_per_engine_not_per_call(
     bert_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with RerankEngine(bert_path, device="cpu", max_length=32, cache_size=0) as engine:
-        with caplog.at_level(logging.WARNING, logger="rerank_plugins"):
-            for _ in range(3):
-                engine.score("q", ["paris " * 100])
+    engine = RerankEngine(bert_path, device="cpu", max_length=32, cache_size=0)
+    with engine, caplog.at_level(logging.WARNING, logger="rerank_plugins"):
+        for _ in range(3):
+            engine.score("q", ["paris " * 100])
     assert sum("truncated" in r.getMessage() for r in caplog.records) == 1
 
 

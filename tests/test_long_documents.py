@@ -4,6 +4,7 @@ what lies past max_length, as the reference libraries do."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_document_that_fits_is_one_window_in_every_mode() -> None:
 def test_windows_overlap_so_a_passage_on_a_boundary_is_whole_in_one_window() -> None:
     spans = window_spans(1000, 100)
     assert spans[0] == (0, 100) and spans[-1][1] == 1000
-    for (a0, b0), (a1, _) in zip(spans, spans[1:]):
+    for (_, b0), (a1, _) in pairwise(spans):
         assert b0 - a1 == 25  # a quarter of the budget is shared
     assert aggregate([1.0, -2.0], "first") == 1.0
 
@@ -119,8 +120,13 @@ def test_real_model_windows_share_batches_and_match_scoring_each_window_alone(
     query = "what is rag?"
     texts = [long_text, "rag combines retrieval and generation", "the weather in paris"]
     with RerankEngine(
-        bert_path, device="cpu", long_documents="max", normalize=False, cache_size=0,
-        batch_tokens=100_000, max_batch_size=64,
+        bert_path,
+        device="cpu",
+        long_documents="max",
+        normalize=False,
+        cache_size=0,
+        batch_tokens=100_000,
+        max_batch_size=64,
     ) as engine:
         results = engine.rerank(query, texts)
         passes = engine.stats()["forward_passes"]

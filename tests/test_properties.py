@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +29,9 @@ def bert(bert_path: str) -> str:
     return bert_path
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     texts=st.lists(words, min_size=1, max_size=12),
     batch_tokens=st.integers(16, 4096),
@@ -70,14 +73,15 @@ def test_selection_is_a_sorted_stable_permutation_respecting_top_n_and_threshold
     picked = select(scores, top_n=top_n, score_threshold=threshold)
     assert len(set(picked)) == len(picked)
     passing = [
-        i for i in range(len(scores))
+        i
+        for i in range(len(scores))
         if threshold is None or (not math.isnan(scores[i]) and scores[i] >= threshold)
     ]
     assert sorted(picked) == sorted(picked) and set(picked) <= set(passing)
     assert len(picked) == (len(passing) if top_n is None else min(top_n, len(passing)))
     if threshold is None and top_n is None:
         assert sorted(picked) == list(range(len(scores)))  # a permutation of the input
-    for a, b in zip(picked, picked[1:]):
+    for a, b in pairwise(picked):
         sa, sb = scores[a], scores[b]
         if math.isnan(sa):
             assert math.isnan(sb) and a < b

@@ -20,6 +20,7 @@ from rerank_plugins.errors import (
     ModelLoadError,
     RerankError,
 )
+from rerank_plugins.remote import RemoteEngine, RemoteError
 from rerank_plugins.results import RerankResult
 
 __version__ = "0.1.0"
@@ -33,6 +34,8 @@ __all__ = [
     "EngineInfo",
     "MissingDependencyError",
     "ModelLoadError",
+    "RemoteEngine",
+    "RemoteError",
     "RerankEngine",
     "RerankError",
     "RerankResult",

