@@ -1,0 +1,86 @@
+"""Peak memory of huge inputs: 20,000 documents in one call, and 1 MB documents.
+
+Each case runs in a fresh process, which loads the MiniLM-L6 cross-encoder (the offline
+fallback built from all-MiniLM-L6-v2), warms it up, then records its resident set before the
+call and its peak after (``ru_maxrss``). The growth is what the call itself cost. For scale,
+one forward pass of the engine's CPU batch (2,048 padded tokens) holds about
+2,048 x 384 x 4 B = 3 MiB per hidden-state tensor.
+
+Run: ``python benchmarks/memory_bound.py`` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CASES = {
+    "20,000 short documents (~40 tokens), one call": ("many", 20_000),
+    "4 documents of 1 MB each, one call": ("huge", 4),
+    "baseline: 16 short documents": ("many", 16),
+}
+
+CHILD = r"""
+import json, resource, sys, time
+from rerank_plugins import RerankEngine
+from rerank_plugins.fallback import build_minilm_cross_encoder
+
+kind, n, reference = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "reference"
+path = build_minilm_cross_encoder()
+words = "retrieval augmented generation reranks passages with a cross encoder model".split()
+if kind == "many":
+    docs = [" ".join(words[(i + j) % len(words)] for j in range(30)) + f" {i}" for i in range(n)]
+else:
+    docs = [(" ".join(words) + " ") * (1_000_000 // (len(" ".join(words)) + 1)) for _ in range(n)]
+query = "what does a reranker do?"
+if reference:
+    from sentence_transformers import CrossEncoder
+    model = CrossEncoder(path, device="cpu")
+    model.predict([(query, "warm up")])
+    run = lambda: model.predict([(query, d) for d in docs], batch_size=32)
+else:
+    engine = RerankEngine(path, device="cpu", cache_size=0)
+    engine.score(query, ["warm up"])
+    run = lambda: engine.score(query, docs)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.perf_counter()
+scores = run()
+elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"before": before, "peak": peak, "seconds": elapsed, "n": len(scores)}))
+"""
+
+
+def measure(kind: str, n: int, who: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(n), who],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--with-reference", action="store_true", help="also CrossEncoder.predict")
+    args = parser.parse_args()
+    who = ["engine", "reference"] if args.with_reference else ["engine"]
+    print("| case | scorer | RSS before (MiB) | peak (MiB) | growth (MiB) | seconds |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, (kind, n) in CASES.items():
+        for w in who:
+            r = measure(kind, n, w)
+            label = "RerankEngine" if w == "engine" else "CrossEncoder.predict"
+            growth = r["peak"] - r["before"]
+            print(
+                f"| {name} | {label} | {r['before']:.0f} | {r['peak']:.0f} | {growth:.0f} | "
+                f"{r['seconds']:.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
