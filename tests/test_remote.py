@@ -238,6 +238,19 @@ def test_a_slow_server_times_out() -> None:
         engine.close()
 
 
+def test_a_call_timeout_bounds_the_whole_call_retries_included() -> None:
+    script = Scripted([200], delay=1.0)
+    with running(script.app()) as base:
+        engine = RemoteEngine(base, timeout=5.0, max_retries=5)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not finish within its timeout"):
+            engine.score(QUERY, ["a"], timeout=0.3)
+        with pytest.raises(TimeoutError):
+            asyncio.run(engine.arerank(QUERY, ["a"], timeout=0.3))
+        assert time.monotonic() - start < 3
+        engine.close()
+
+
 @pytest.mark.parametrize(
     "body",
     [{"unexpected": True}, [{"index": 5, "score": 0.1}], [{"index": 0}], []],

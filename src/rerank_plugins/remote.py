@@ -183,12 +183,16 @@ class RemoteEngine:
 
     # ------------------------------------------------------------------ scorer interface
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+    def score(
+        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+    ) -> list[float]:
         """Score each text against ``query`` on the server.
 
         Args:
             query: The question.
             texts: Documents; an empty list returns ``[]`` without a request.
+            timeout: Seconds this call may take at most, retries included (None: only the
+                per-attempt ``timeout`` of the engine applies).
 
         Returns:
             One ``float`` per text, in the order of ``texts``.
@@ -197,25 +201,30 @@ class RemoteEngine:
             TypeError: ``query`` or a text is not a string.
             ValueError: ``query`` is empty.
             RemoteError: The server answered with an error, or could not be reached.
+            TimeoutError: ``timeout`` passed first.
 
         Examples:
             >>> engine.score("what is rag?", ["RAG is ...", "Paris is ..."])  # doctest: +SKIP
             [0.98, 0.01]
         """
         query, texts = self._check(query, texts)
+        deadline = _deadline(timeout)
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            scores += self._post(query, texts[start : start + self.batch_size])
+            scores += self._post(query, texts[start : start + self.batch_size], deadline)
         return scores
 
-    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+    ) -> list[float]:
         """Async `score`: requests for the chunks of a long list run concurrently."""
         query, texts = self._check(query, texts)
+        deadline = _deadline(timeout)
         chunks = [
             texts[start : start + self.batch_size]
             for start in range(0, len(texts), self.batch_size)
         ]
-        parts = await asyncio.gather(*(self._apost(query, chunk) for chunk in chunks))
+        parts = await asyncio.gather(*(self._apost(query, c, deadline) for c in chunks))
         return [s for part in parts for s in part]
 
     def rerank(
@@ -224,6 +233,8 @@ class RemoteEngine:
         texts: Sequence[str],
         top_n: int | None = None,
         score_threshold: float | None = None,
+        *,
+        timeout: float | None = None,
     ) -> list[RerankResult]:
         """Score and rank: threshold first, then best first (ties keep input order), then top-n.
 
@@ -232,13 +243,15 @@ class RemoteEngine:
             texts: Documents to rank.
             top_n: Keep at most this many (None: all).
             score_threshold: Drop results scoring below this, before the top-n cut.
+            timeout: Seconds this call may take at most, retries included.
 
         Returns:
             `RerankResult` s, best first.
         """
         select([], top_n, score_threshold)  # validate before paying for a request
         texts = check_texts(texts)
-        return _results(self.score(query, texts), texts, top_n, score_threshold)
+        scores = self.score(query, texts, timeout=timeout)
+        return _results(scores, texts, top_n, score_threshold)
 
     async def arerank(
         self,
@@ -246,11 +259,14 @@ class RemoteEngine:
         texts: Sequence[str],
         top_n: int | None = None,
         score_threshold: float | None = None,
+        *,
+        timeout: float | None = None,
     ) -> list[RerankResult]:
         """Async `rerank`."""
         select([], top_n, score_threshold)
         texts = check_texts(texts)
-        return _results(await self.ascore(query, texts), texts, top_n, score_threshold)
+        scores = await self.ascore(query, texts, timeout=timeout)
+        return _results(scores, texts, top_n, score_threshold)
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: requests, pairs, retries, and failed calls."""
@@ -370,35 +386,56 @@ class RemoteEngine:
             payload["model"] = self.model
         return payload
 
-    def _post(self, query: str, texts: list[str]) -> list[float]:
+    def _post(self, query: str, texts: list[str], deadline: float | None = None) -> list[float]:
         client = self._sync_client()
         payload = self._payload(query, texts)
         attempt = 0
         while True:
             try:
-                response, error = client.post(self.url, json=payload), None
+                response, error = (
+                    client.post(self.url, json=payload, **self._left(deadline)),
+                    None,
+                )
             except _httpx().TransportError as exc:
                 response, error = None, exc
             outcome = self._outcome(attempt, response, error)
             if isinstance(outcome, list):
                 return self._scores(outcome, len(texts))
+            self._left(deadline, pause=outcome)
             time.sleep(outcome)
             attempt += 1
 
-    async def _apost(self, query: str, texts: list[str]) -> list[float]:
+    async def _apost(
+        self, query: str, texts: list[str], deadline: float | None = None
+    ) -> list[float]:
         client = self._async_client()
         payload = self._payload(query, texts)
         attempt = 0
         while True:
             try:
-                response, error = await client.post(self.url, json=payload), None
+                response, error = (
+                    await client.post(self.url, json=payload, **self._left(deadline)),
+                    None,
+                )
             except _httpx().TransportError as exc:
                 response, error = None, exc
             outcome = self._outcome(attempt, response, error)
             if isinstance(outcome, list):
                 return self._scores(outcome, len(texts))
+            self._left(deadline, pause=outcome)
             await asyncio.sleep(outcome)
             attempt += 1
+
+    def _left(self, deadline: float | None, pause: float = 0.0) -> dict[str, Any]:
+        """Per-request timeout within a call's deadline; TimeoutError once it has passed."""
+        if deadline is None:
+            return {}
+        left = deadline - time.monotonic() - pause
+        if left <= 0:
+            msg = f"the rerank request to {self.url} did not finish within its timeout."
+            raise TimeoutError(msg)
+        httpx = _httpx()
+        return {"timeout": httpx.Timeout(min(self.timeout, left), connect=self.connect_timeout)}
 
     def _outcome(
         self, attempt: int, response: Any, error: BaseException | None
@@ -531,6 +568,10 @@ def _results(
     scores: list[float], texts: list[str], top_n: int | None, score_threshold: float | None
 ) -> list[RerankResult]:
     return [RerankResult(i, scores[i], texts[i]) for i in select(scores, top_n, score_threshold)]
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _positive(name: str, value: object, *, integer: bool = False) -> None:
