@@ -136,3 +136,17 @@ def test_real_model_windows_share_batches_and_match_scoring_each_window_alone(
     assert by_index[0].windows == len(windows) > 1
     assert by_index[0].score == pytest.approx(max(alone), abs=1e-5)
     assert passes == 1  # every window and both short documents went through one forward pass
+
+
+def test_the_onnx_backend_scores_windows_too(
+    bert_path: str, long_text: str, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("RERANK_PLUGINS_CACHE", str(tmp_path))
+    with (
+        RerankEngine(bert_path, backend="onnx", device="cpu", long_documents="max") as onnx,
+        RerankEngine(bert_path, device="cpu", long_documents="max") as torch_engine,
+    ):
+        [a] = onnx.rerank("what is rag?", [long_text])
+        [b] = torch_engine.rerank("what is rag?", [long_text])
+    assert a.windows == b.windows > 1
+    assert a.score == pytest.approx(b.score, abs=1e-4)

@@ -435,6 +435,10 @@ class OnnxBackend:
         """Tokenize and truncate each (query, text) pair."""
         return self.encoder.encode(query, texts)
 
+    def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:
+        """Encode each text as overlapping windows (long-document passage modes)."""
+        return self.encoder.encode_windows(query, texts)
+
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         """Raw logits for a batch of encoded pairs."""
         arrays = pad_batch(batch, self.pad_id, self.encoder.use_token_types)
