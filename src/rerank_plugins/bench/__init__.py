@@ -326,6 +326,9 @@ def _add_ratios(rows: list[Row]) -> None:
             r.ratio = statistics.median(b / t for b, t in zip(base.seconds, r.seconds, strict=True))
         elif base.pairs_per_s and r.pairs_per_s:
             r.ratio = r.pairs_per_s / base.pairs_per_s
+        pairs = list(zip(base.cpu_seconds, r.cpu_seconds, strict=False))
+        if pairs and len(r.cpu_seconds) == len(base.cpu_seconds) and all(t > 0 for _, t in pairs):
+            r.cpu_ratio = statistics.median(b / t for b, t in pairs)
 
 
 def _row(model: str, workload: str, key: str, useful: float, pairs: int, why: str) -> Row:

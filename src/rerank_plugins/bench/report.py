@@ -94,7 +94,10 @@ class Row:
         skipped: Why the competitor did not run, if it did not.
         note: What a reader should know about the row.
         fidelity: Score fidelity, where the scores could be read.
-        ratio: Median throughput over the LangChain row's of the same workload.
+        ratio: Speed over the LangChain row's on the same workload (median of per-repeat
+            wall-clock ratios).
+        cpu_ratio: The same from process CPU time: steadier when other processes load the
+            machine, blind to idle cores.
     """
 
     model: str
@@ -111,6 +114,7 @@ class Row:
     note: str = ""
     fidelity: Fidelity | None = None
     ratio: float | None = None
+    cpu_ratio: float | None = None
 
     @property
     def median_s(self) -> float | None:
@@ -250,12 +254,13 @@ class BenchReport:
             out.append(f"- measured GEMM peak ({m.get('threads', '?')} threads): {peaks}")
         out += ["", f"Command: `{self.command}` ({self.elapsed_s / 60:.1f} min)", ""]
         out += [
-            "Columns: pairs/s is the median over repeats (min–max beside it); × LangChain is "
+            "Columns: pairs/s is the median over repeats (min–max beside it). × LangChain is "
             "the median of per-repeat speed ratios against LangChain's `CrossEncoderReranker` "
-            "in the same run; GFLOP/s counts useful work (unpadded tokens) and % peak divides "
-            "it by the GEMM peak of the row's dtype; max abs Δ is against the mode's reference "
-            "library (probability scale); Spearman and top-10 are the worst query's against "
-            "fp32 `CrossEncoder.predict`. Bold rows are ours.",
+            "in the same run; × (CPU time) is the same from process CPU time, steadier when "
+            "other processes share the machine. GFLOP/s counts useful work (unpadded tokens); "
+            "% peak divides it by the GEMM peak of the row's dtype. max abs Δ is against the "
+            "mode's reference library (probability scale); Spearman and top-10 are the worst "
+            "query's against fp32 `CrossEncoder.predict`. Bold rows are ours.",
             "",
         ]
         out += self._tables()
@@ -296,9 +301,9 @@ class BenchReport:
             out += [
                 f"### {model}: {workload}{desc}",
                 "",
-                "| competitor | pairs/s | min–max | × LangChain | GFLOP/s | % peak "
-                "| max abs Δ | Spearman | top-10 |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| competitor | pairs/s | min–max | × LangChain | × (CPU time) | GFLOP/s "
+                "| % peak | max abs Δ | Spearman | top-10 |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             skipped = []
             for r in self.rows:
@@ -322,6 +327,7 @@ class BenchReport:
             _num(r.pairs_per_s),
             f"{_num(lo_hi[0])}–{_num(lo_hi[1])}",
             f"{r.ratio:.2f}×" if r.ratio else "—",
+            f"{r.cpu_ratio:.2f}×" if r.cpu_ratio else "—",
             f"{r.flops_per_s / 1e9:,.0f}" if r.flops_per_s and not cached else "—",
             f"{frac:.0%}" if frac is not None and not cached else "—",
             _diff(fid.max_abs_diff) if fid else "—",
