@@ -1,12 +1,13 @@
-"""int8 for the onnx backend: SmoothQuant-balanced dynamic int8 MatMuls, built from an fp32 export.
+"""int8 for the onnx backend: dynamic int8 MatMuls with exact rescaling, from an fp32 export.
 
 The recipe, and the measurements that chose it, are in docs/onnx.md. In short: plain dynamic
 int8 (ONNX Runtime's ``quantize_dynamic``) loses too much ranking fidelity on BERT-style
-rerankers, because a few hidden dimensions carry activations tens of times larger than the
-rest and one per-tensor activation scale then leaves the other dimensions a handful of int8
-steps. SmoothQuant (Xiao et al., 2023) moves part of each input channel's range into the
-weights: ``x @ W == (x / s) @ (s * W)`` exactly in fp32, and with ``s`` chosen per channel from
-calibration maxima both factors quantize well.
+rerankers, because a few hidden dimensions, and a few tokens, carry activations far larger than
+the rest, and the one activation scale per tensor that its kernels use then leaves everything
+else a handful of int8 steps. Two rescalings that are exact in fp32 fix most of it:
+SmoothQuant (Xiao et al., 2023) moves part of each input channel's range into the weights,
+``x @ W == (x / s) @ (s * W)``, with ``s`` from calibration maxima; per-token scaling divides
+each row by its own maximum before the product and multiplies it back after.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,12 @@ def export_onnx(
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
     path = folder / MODEL_FILE
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The trace warns about Python-level checks it freezes (shape asserts, padding-index
+        # checks) and the exporter that it is the legacy one, from its own internals too; the
+        # fidelity tests pin that the result is exact, so users are spared the noise.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         # The TorchScript exporter (dynamo=False). The torch.export-based default needs the
         # onnxscript package, which the onnx extra does not install, and trips on the
         # data-dependent branches of some Hugging Face models; a trace of an eager-attention
@@ -375,6 +381,7 @@ class OnnxBackend:
             raise ModelLoadError(msg)
         limit = model_token_limit(tokenizer, hf_config)
         self.max_length = resolve_max_length(config.max_length, limit, cap=DEFAULT_MAX_LENGTH_CAP)
+        self._calibration_length = min(limit, DEFAULT_MAX_LENGTH_CAP)
         self.encoder = PairEncoder(tokenizer, self.max_length)
         pad_id = tokenizer.pad_token_id
         self.pad_id = int(pad_id) if pad_id is not None else 0
@@ -434,7 +441,10 @@ class OnnxBackend:
             )
 
         def quantize(folder: Path) -> None:
-            batches = calibration_batches(self.encoder, self.pad_id)
+            # Calibrate at the model's full length, not this engine's max_length: the cached
+            # file is shared by engines of every max_length.
+            encoder = PairEncoder(self.encoder.tokenizer, self._calibration_length)
+            batches = calibration_batches(encoder, self.pad_id)
             quantize_int8(fp32 / MODEL_FILE, folder, batches, signed=signed, file_name=MODEL_FILE)
             _write_meta(folder, config, commit, variant)
 
