@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rerank_plugins.backends._first_token import restrict_last_layer_to_first_token
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.errors import ModelLoadError
 
@@ -270,6 +271,7 @@ class TorchClassifier:
             )
             raise ModelLoadError(msg)
         self.model = model.to(device=device, dtype=dtype).eval()
+        self.first_token_only = restrict_last_layer_to_first_token(self.model)
         self.encoder = encoder
         self.device = device
         pad_id = encoder.tokenizer.pad_token_id
@@ -293,3 +295,8 @@ class TorchClassifier:
     def attention(self) -> str:
         """The attention implementation the model runs with (e.g. ``sdpa``)."""
         return str(getattr(self.model.config, "_attn_implementation", "unknown"))
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the engine's info: attention kind and how much of the last layer runs."""
+        last = "first token only" if self.first_token_only else "all tokens"
+        return {"attention": self.attention(), "last_layer": last}

@@ -106,8 +106,8 @@ class FlagBackend:
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""
         kind = "FlagLLMReranker" if self.llm else "FlagReranker"
-        attention = self.runner.attention() if self.runner else "eager"
-        return {"flag_class": kind, "attention": attention}
+        runner = self.runner.describe() if self.runner else {"attention": "eager"}
+        return {"flag_class": kind, **runner}
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""

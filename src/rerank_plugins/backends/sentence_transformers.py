@@ -76,7 +76,7 @@ class SentenceTransformersBackend:
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""
-        return {"attention": self.runner.attention(), "model_class": type(self._ce.model).__name__}
+        return {**self.runner.describe(), "model_class": type(self._ce.model).__name__}
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""

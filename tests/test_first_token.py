@@ -1,0 +1,95 @@
+"""The last encoder layer runs for the first token only, with the full model's scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from rerank_plugins import RerankEngine
+from rerank_plugins.backends._first_token import restrict_last_layer_to_first_token
+
+QUERY = "what is rag and how does retrieval help generation?"
+TEXTS = [
+    "rag combines retrieval and generation to answer a question",
+    "cats",
+    "the weather in paris is rain and cloud " * 6,
+    "python code for a rerank engine with a cache and a batch of pairs",
+]
+
+
+def _load(path: str, attention: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, attn_implementation=attention
+    ).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _logits(model, tokenizer) -> list[float]:
+    import torch
+
+    # Pairs of different lengths, so that rows are padded and the mask matters.
+    inputs = tokenizer([QUERY] * len(TEXTS), TEXTS, padding=True, return_tensors="pt")
+    assert int(inputs["attention_mask"].sum()) < inputs["attention_mask"].numel()
+    with torch.inference_mode():
+        return model(**inputs).logits[:, 0].tolist()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("model", ["bert_path", "xlmr_path"])
+def test_first_token_last_layer_gives_the_full_forward_logits_on_padded_batches(
+    model: str, attention: str, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(model)
+    hf, tokenizer = _load(path, attention)
+    full = _logits(hf, tokenizer)
+
+    assert restrict_last_layer_to_first_token(hf) is True
+    restricted = _logits(hf, tokenizer)
+
+    assert restricted == pytest.approx(full, abs=1e-5)
+    assert max(full) - min(full) > 0.05  # distinct scores: the comparison can fail
+
+
+def test_the_last_layer_really_computes_one_position(bert_path: str) -> None:
+    import torch
+
+    hf, tokenizer = _load(bert_path, "sdpa")
+    restrict_last_layer_to_first_token(hf)
+    inputs = tokenizer([QUERY] * 2, TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = hf.base_model(**inputs)
+    assert out.last_hidden_state.shape[:2] == (2, 1)
+
+
+def test_engines_of_both_torch_backends_report_the_restricted_last_layer(
+    bert_path: str, xlmr_path: str
+) -> None:
+    for path, backend in [(bert_path, "sentence-transformers"), (xlmr_path, "flag")]:
+        with RerankEngine(path, device="cpu", backend=backend, cache_size=0) as engine:
+            assert engine.info.details["last_layer"] == "first token only"
+
+
+def test_a_model_in_training_mode_keeps_its_full_forward(bert_path: str) -> None:
+    hf, _ = _load(bert_path, "sdpa")
+    assert restrict_last_layer_to_first_token(hf.train()) is False
+
+
+def test_relative_position_attention_keeps_its_full_forward(bert_path: str) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        bert_path, position_embedding_type="relative_key", attn_implementation="eager"
+    ).eval()
+    assert restrict_last_layer_to_first_token(hf) is False
+
+
+def test_an_architecture_outside_the_checked_layouts_keeps_its_full_forward() -> None:
+    # DistilBERT's head reads position 0 too, but its layers are laid out differently.
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(
+        vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=1
+    )
+    model = DistilBertForSequenceClassification(config).eval()
+    assert restrict_last_layer_to_first_token(model) is False
