@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from rerank_plugins.backends._first_token import restrict_last_layer_to_first_token
+from rerank_plugins.backends._memory import MemoryReleaser
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.errors import ModelLoadError
 
@@ -274,6 +276,8 @@ class TorchClassifier:
         self.first_token_only = restrict_last_layer_to_first_token(self.model)
         self.encoder = encoder
         self.device = device
+        # Host memory: only CPU activations live in the process heap.
+        self.releaser = MemoryReleaser() if device.startswith("cpu") else None
         pad_id = encoder.tokenizer.pad_token_id
         self.pad_id = int(pad_id) if pad_id is not None else 0
 
@@ -281,6 +285,7 @@ class TorchClassifier:
         """Raw logits of a batch, as Python floats (computed, then cast up to float32)."""
         torch = self.torch
         arrays = pad_batch(batch, self.pad_id, self.encoder.use_token_types)
+        start = time.perf_counter()
         try:
             with torch.inference_mode():
                 inputs = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
@@ -290,6 +295,8 @@ class TorchClassifier:
             # Free the failed batch's blocks so the engine's split-and-retry can fit halves.
             torch.cuda.empty_cache()
             raise
+        if self.releaser is not None:
+            self.releaser.after_forward(time.perf_counter() - start)
         return values
 
     def attention(self) -> str:
