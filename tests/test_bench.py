@@ -191,3 +191,17 @@ def test_spread_head_gives_logits_a_trained_looking_spread(bert_path: str) -> No
 def test_build_competitor_rejects_unknown_keys(bert_path: str) -> None:
     with pytest.raises(ValueError, match="unknown competitor"):
         build_competitor("bogus", Setup(bert_path))
+
+
+def test_the_gemm_peak_leaves_out_dtypes_the_cpu_only_emulates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rerank_plugins.backends._onnx_int8 as int8_module
+    import rerank_plugins.backends._torch as torch_module
+    from rerank_plugins.bench.runners import measure_peaks
+
+    monkeypatch.setattr(torch_module, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(int8_module, "signed_weights_are_safe", lambda: False)
+    peaks = measure_peaks("cpu", quick=True)
+    assert set(peaks) == {"fp32"}
+    assert peaks["fp32"] > 1e9  # a real multiply ran: over 1 GFLOP/s on any CPU we support

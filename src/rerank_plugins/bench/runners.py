@@ -504,13 +504,18 @@ def measure_peaks(device: str = "cpu", *, quick: bool = False) -> dict[str, floa
         quick: Fewer sizes and repeats.
 
     Returns:
-        ``{"fp32": ..., "bf16": ..., "int8": ...}``; a dtype the device cannot multiply is
-        left out.
+        ``{"fp32": ..., "bf16": ..., "int8": ...}``; a dtype the device cannot multiply, or
+        (on CPU) cannot multiply natively, is left out: an emulated bf16 or int8 GEMM is
+        no ceiling worth quoting, and takes many minutes at these sizes.
     """
     from rerank_plugins._imports import require
+    from rerank_plugins.backends._onnx_int8 import signed_weights_are_safe
+    from rerank_plugins.backends._torch import cpu_supports_bf16
 
     torch = require("torch", purpose="the benchmark")
     cuda = device.startswith("cuda")
+    native_bf16 = cuda or cpu_supports_bf16()
+    native_int8 = cuda or signed_weights_are_safe()  # VNNI / AMX on x86
     sizes = (2048,) if quick else ((4096, 8192) if cuda else (1024, 2048, 3072))
     reps = 3 if quick else 6
 
@@ -530,7 +535,8 @@ def measure_peaks(device: str = "cpu", *, quick: bool = False) -> dict[str, floa
         return 2.0 * n**3 / fastest
 
     peaks: dict[str, float] = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if native_bf16 else [])
+    for name, dtype in dtypes:
         for n in sizes:
             try:
                 a = torch.randn(n, n, dtype=dtype, device=device)
@@ -539,7 +545,7 @@ def measure_peaks(device: str = "cpu", *, quick: bool = False) -> dict[str, floa
             except RuntimeError:
                 break
     int_mm = getattr(torch, "_int_mm", None)
-    if int_mm is not None:
+    if int_mm is not None and native_int8:
         for n in sizes:
             try:
                 a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
