@@ -93,3 +93,22 @@ def test_an_architecture_outside_the_checked_layouts_keeps_its_full_forward() ->
     )
     model = DistilBertForSequenceClassification(config).eval()
     assert restrict_last_layer_to_first_token(model) is False
+
+
+def test_a_call_asking_for_more_than_the_first_token_gets_the_full_last_layer(
+    bert_path: str,
+) -> None:
+    import torch
+
+    hf, tokenizer = _load(bert_path, "eager")
+    full = _logits(hf, tokenizer)
+    restrict_last_layer_to_first_token(hf)
+    inputs = tokenizer([QUERY] * len(TEXTS), TEXTS, padding=True, return_tensors="pt")
+    config = hf.config
+    head_mask = torch.ones(config.num_hidden_layers, config.num_attention_heads)
+    with torch.inference_mode():
+        out = hf.base_model(**inputs, head_mask=head_mask, output_attentions=True)
+        logits = hf(**inputs, head_mask=head_mask).logits[:, 0].tolist()
+    assert out.last_hidden_state.shape[1] == inputs["input_ids"].shape[1]
+    assert out.attentions[-1] is not None
+    assert logits == pytest.approx(full, abs=1e-5)

@@ -66,6 +66,7 @@ def restrict_last_layer_to_first_token(model: Any) -> bool:
     layer = layers[-1]
     if not _has_bert_layout(layer):
         return False
+    layer._full_forward = layer.forward
     layer.forward = types.MethodType(_first_token_forward, layer)
     return True
 
@@ -89,9 +90,17 @@ def _first_token_forward(
     """``BertLayer.forward`` for the row at position 0; returns hidden states of length 1.
 
     ``attention_mask`` is the additive mask the model hands its layers: ``(B, 1, 1, S)``
-    (eager) or ``(B, 1, S, S)`` (SDPA), or None when nothing is padded.
+    (eager) or ``(B, 1, S, S)`` (SDPA), or None when nothing is padded. A call that asks for
+    more than the first token's output (a head mask, attention weights, encoder states) runs
+    the layer's full forward pass.
     """
     import torch
+
+    head_mask = args[0] if args else kwargs.get("head_mask")
+    encoder_states = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+    if head_mask is not None or encoder_states is not None or kwargs.get("output_attentions"):
+        full: tuple[Any] = self._full_forward(hidden_states, attention_mask, *args, **kwargs)
+        return full
 
     attn = self.attention.self
     batch, length, _ = hidden_states.shape
