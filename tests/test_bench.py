@@ -82,7 +82,10 @@ def test_concurrent_workloads_report_throughput_but_no_fidelity(report) -> None:
 
 
 def test_useful_flops_and_peaks_are_reported(report) -> None:
-    assert {"fp32", "bf16"} <= set(report.peaks)
+    from rerank_plugins.backends._torch import cpu_supports_bf16
+
+    assert "fp32" in report.peaks
+    assert ("bf16" in report.peaks) == cpu_supports_bf16()  # no emulated-bf16 "peak"
     ours = next(r for r in report.rows if r.key == "ours")
     assert ours.useful_flops > 0
     assert report.peak_fraction(ours) is not None
