@@ -27,9 +27,12 @@ needs_ray = pytest.mark.skipif(
 QUERY = "what is rag retrieval augmented generation"
 # One pair per forward pass: no padding, so a score does not depend on which pairs shared its
 # batch (padding moves fp32 scores by up to ~1e-6). What remains between processes is the
-# thread count (Ray gives a 1-CPU actor one torch thread), worth a few 1e-7.
+# thread count: Ray gives a 1-CPU actor one torch thread, and a different split of the GEMM
+# reductions moves these scores by up to 1.02e-6 (measured on the 300 rows below, one thread
+# against two). Scores of different pairs differ by 1e-2 and more, so 1e-5 still catches any
+# score that went to the wrong row or candidate.
 EXACT = {"device": "cpu", "max_batch_size": 1}
-TOLERANCE = 1e-6
+TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
