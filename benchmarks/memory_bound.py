@@ -4,9 +4,9 @@ Each case runs in a fresh process, which loads the MiniLM-L6 cross-encoder (the 
 fallback built from all-MiniLM-L6-v2), warms it up, then records its resident set before the
 call and its peak during the call (sampled every 5 ms), so the growth is what the call
 itself cost (the documents themselves are allocated before the call). The yardstick is
-the first case: the growth of one full CPU batch (the engine's 2,048-token budget) in a
-fresh process. That is one batch's worth of activations plus the buffers the math
-libraries allocate for it. A huge call passes the bound if its growth stays within that.
+the first case: the growth of one full CPU batch (the engine's 2,048 tokens in flight: two
+streams of 1,024-token passes on 2 cores) in a fresh process. That is one batch's worth of
+activations plus the buffers the math libraries allocate for it. A huge call passes the bound if its growth stays within that.
 
 Run: ``python benchmarks/memory_bound.py`` (about three minutes on 2 cores).
 """

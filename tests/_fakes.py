@@ -66,16 +66,25 @@ class FaultyBackend:
         self.device = inner.device
         self.precision = inner.precision
         self.max_length = inner.max_length
+        # Streams pass through: the engine runs this backend's passes side by side as it would
+        # the real one's, so faults land on whichever stream took the batch.
+        self.cpu_threads = getattr(inner, "cpu_threads", None)
         self.batch_sizes: list[int] = []
         self.failures = 0
+        self.lock = threading.Lock()
+
+    def bind_thread(self, threads: int) -> None:
+        self.inner.bind_thread(threads)
 
     def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
         return self.inner.encode(query, texts)
 
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
-        self.batch_sizes.append(len(batch))
+        with self.lock:
+            self.batch_sizes.append(len(batch))
         if self.fail(batch):
-            self.failures += 1
+            with self.lock:
+                self.failures += 1
             raise RuntimeError(f"injected fault on a batch of {len(batch)}")
         return self.inner.forward(batch)
 

@@ -10,9 +10,10 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 from rerank_plugins.backends import Backend, Encoded, load_backend, pick_backend
@@ -87,6 +88,8 @@ class EngineInfo:
         cache_size: LRU entries (0: off).
         batch_tokens: Token budget per forward pass.
         max_batch_size: Pair limit per forward pass.
+        streams: Forward passes run side by side (CPU), each on ``threads_per_stream`` threads.
+        threads_per_stream: Intra-op threads of one pass (None where the backend sets its own).
         details: Backend-specific facts (attention implementation, model class ...).
     """
 
@@ -101,6 +104,8 @@ class EngineInfo:
     cache_size: int
     batch_tokens: int
     max_batch_size: int
+    streams: int = 1
+    threads_per_stream: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,7 +164,7 @@ class RerankEngine:
         model: Hugging Face hub id or local folder of a cross-encoder.
         **options: Engine options; see `EngineConfig` (``backend``, ``device``, ``max_length``,
             ``normalize``, ``cache_size``, ``precision``, ``batch_tokens``, ``max_batch_size``,
-            ``trust_remote_code``, ``revision``).
+            ``streams``, ``trust_remote_code``, ``revision``, ``long_documents``).
 
     Raises:
         TypeError: An unknown option or a wrongly typed value.
@@ -176,7 +181,11 @@ class RerankEngine:
         config = EngineConfig.from_options(model, options)
         name, reason = pick_backend(config)
         backend = load_backend(config, name)
-        self._setup(config, backend, reason)
+        try:
+            self._setup(config, backend, reason)
+        except BaseException:
+            backend.close()
+            raise
 
     @classmethod
     def from_backend(cls, backend: Backend, **options: Any) -> RerankEngine:
@@ -185,7 +194,7 @@ class RerankEngine:
         Args:
             backend: Any object implementing the `Backend` interface.
             **options: Engine options that apply to the engine itself (``normalize``,
-                ``cache_size``, ``batch_tokens``, ``max_batch_size``).
+                ``cache_size``, ``batch_tokens``, ``max_batch_size``, ``streams``).
 
         Returns:
             A private engine (not registered with `get_engine`).
@@ -198,8 +207,9 @@ class RerankEngine:
     def _setup(self, config: EngineConfig, backend: Backend, reason: str) -> None:
         self.config = config
         self._backend = backend
+        streams, threads = _resolve_streams(config, backend)
         self.policy = BatchPolicy.for_device(
-            backend.device, config.batch_tokens, config.max_batch_size
+            backend.device, config.batch_tokens, config.max_batch_size, streams
         )
         self._cache: ScoreCache[Scored] = ScoreCache(config.cache_size)
         self._passages = config.long_documents in ("max", "mean")
@@ -215,6 +225,15 @@ class RerankEngine:
         self._inflight: list[_Request] = []
         self._warned_truncation = False
         self._stats = {"requests": 0, "pairs": 0, "forward_passes": 0, "forward_pairs": 0}
+        self._stats_lock = threading.Lock()
+        # Streams beyond the first: a pool whose threads each bind their share of the threads.
+        self._streams: ThreadPoolExecutor | None = None
+        if streams > 1 and threads is not None:
+            self._streams = ThreadPoolExecutor(
+                streams,
+                thread_name_prefix=f"rerank-stream[{backend.name}]",
+                initializer=partial(backend.bind_thread, threads),  # type: ignore[attr-defined]
+            )
         self.info = EngineInfo(
             model=config.model,
             backend=backend.name,
@@ -229,6 +248,8 @@ class RerankEngine:
             cache_size=config.cache_size,
             batch_tokens=self.policy.batch_tokens,
             max_batch_size=self.policy.max_batch_size,
+            streams=streams,
+            threads_per_stream=threads,
             details=dict(backend.describe()),
         )
         self._worker = threading.Thread(
@@ -238,7 +259,7 @@ class RerankEngine:
         _LIVE.add(self)
         logger.info(
             "rerank engine ready: model=%s backend=%s (%s) device=%s precision=%s "
-            "max_length=%d batch_tokens=%d max_batch_size=%d cache_size=%d",
+            "max_length=%d batch_tokens=%d max_batch_size=%d streams=%d cache_size=%d",
             config.model,
             backend.name,
             reason,
@@ -247,6 +268,7 @@ class RerankEngine:
             backend.max_length,
             self.policy.batch_tokens,
             self.policy.max_batch_size,
+            streams,
             config.cache_size,
         )
 
@@ -374,6 +396,8 @@ class RerankEngine:
             for req in list(self._inflight):
                 _settle(req.future, error=error)
         self._fail_queued(error)
+        if self._streams is not None:
+            self._streams.shutdown(wait=not self._worker.is_alive(), cancel_futures=True)
         _unregister(self)
         _LIVE.discard(self)
         self._backend.close()
@@ -564,8 +588,13 @@ class RerankEngine:
 
         items = [it for doc in pending.values() for it in doc.items]
         if items:
-            for batch in plan_batches([it.encoded.length for it in items], self.policy):
-                self._forward([items[i] for i in batch])
+            plan = plan_batches([it.encoded.length for it in items], self.policy)
+            batches = [[items[i] for i in batch] for batch in plan]
+            if self._streams is None or len(batches) == 1:
+                for batch in batches:
+                    self._forward(batch)
+            else:  # longest first, each stream taking the next batch as it frees up
+                list(self._streams.map(self._forward, batches))
         done: dict[bytes, Scored | BaseException] = {}
         for key, doc in pending.items():
             done[key] = outcome = doc.outcome(self.config.long_documents)
@@ -605,10 +634,30 @@ class RerankEngine:
             self._forward(items[:mid])
             self._forward(items[mid:])
             return
-        self._stats["forward_passes"] += 1
-        self._stats["forward_pairs"] += len(items)
+        with self._stats_lock:
+            self._stats["forward_passes"] += 1
+            self._stats["forward_pairs"] += len(items)
         for it, value in zip(items, logits, strict=True):
             it.logit = float(value)
+
+
+def _resolve_streams(config: EngineConfig, backend: Backend) -> tuple[int, int | None]:
+    """Forward passes to run side by side, and the intra-op threads each gets."""
+    threads: int | None = getattr(backend, "cpu_threads", None)
+    if config.streams is None:
+        streams = 2 if threads is not None and threads >= 2 else 1
+    else:
+        streams = config.streams
+        if streams > 1 and threads is None:
+            msg = (
+                f"streams={streams} needs forward passes that can run side by side: the torch "
+                f"backends on CPU; the {backend.name!r} backend on {backend.device!r} runs one "
+                "at a time. Leave streams unset (or 1)."
+            )
+            raise ValueError(msg)
+    if threads is None or streams == 1:
+        return streams, threads
+    return streams, max(threads // streams, 1)
 
 
 def _settle(

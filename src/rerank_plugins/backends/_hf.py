@@ -278,6 +278,11 @@ class TorchClassifier:
         self.device = device
         # Host memory: only CPU activations live in the process heap.
         self.releaser = MemoryReleaser() if device.startswith("cpu") else None
+        # Forward passes release the GIL, so on CPU the engine may run several side by side,
+        # each on a share of the threads torch would give one pass.
+        self.cpu_threads: int | None = (
+            int(self.torch.get_num_threads()) if device.startswith("cpu") else None
+        )
         pad_id = encoder.tokenizer.pad_token_id
         self.pad_id = int(pad_id) if pad_id is not None else 0
 
@@ -298,6 +303,12 @@ class TorchClassifier:
         if self.releaser is not None:
             self.releaser.after_forward(time.perf_counter() - start)
         return values
+
+    def bind_thread(self, threads: int) -> None:
+        """Run this thread's forward passes on ``threads`` intra-op threads (CPU streams)."""
+        from rerank_plugins.backends._torch import bind_thread_count
+
+        bind_thread_count(threads)
 
     def attention(self) -> str:
         """The attention implementation the model runs with (e.g. ``sdpa``)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 import time
 from collections.abc import Callable
 
@@ -44,6 +45,7 @@ class MemoryReleaser:
 
     def __init__(self) -> None:
         self._trim = _malloc_trim()
+        self._lock = threading.Lock()  # forward passes may run on several threads
         self._owed = 0.0
         self._cost = 0.001
         self.trims = 0
@@ -57,11 +59,13 @@ class MemoryReleaser:
         """Account ``seconds`` of forward time; trim when the budget allows."""
         if self._trim is None:
             return
-        self._owed += seconds
-        if self._owed < _OVERHEAD_RATIO * self._cost:
-            return
+        with self._lock:
+            self._owed += seconds
+            if self._owed < _OVERHEAD_RATIO * self._cost:
+                return
+            self._owed = 0.0
         start = time.perf_counter()
         self._trim(0)
-        self._cost = max(time.perf_counter() - start, 1e-5)
-        self._owed = 0.0
-        self.trims += 1
+        with self._lock:
+            self._cost = max(time.perf_counter() - start, 1e-5)
+            self.trims += 1

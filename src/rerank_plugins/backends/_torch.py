@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from rerank_plugins._imports import require
 
-__all__ = ["cpu_supports_bf16", "resolve_device", "resolve_dtype"]
+__all__ = ["bind_thread_count", "cpu_supports_bf16", "resolve_device", "resolve_dtype"]
 
 logger = logging.getLogger("rerank_plugins")
 
@@ -26,6 +27,50 @@ def resolve_device(device: str) -> str:
         msg = f"device={device!r} was requested but CUDA is not available; pass device='cpu'."
         raise ValueError(msg)
     return device
+
+
+_BIND_LOCK = threading.Lock()
+
+
+def bind_thread_count(threads: int) -> None:
+    """Give the calling thread's torch CPU ops ``threads`` intra-op threads, and no one else's.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP team size, and also the default
+    that threads which have not run a torch op yet pick up on their first one. This sets the
+    former and puts the latter back, so the caller's other threads keep their thread count.
+
+    Args:
+        threads: Intra-op threads for this thread's ops (>= 1).
+
+    Examples:
+        >>> import threading, torch
+        >>> before = torch.get_num_threads()
+        >>> seen = []
+        >>> def stream():
+        ...     bind_thread_count(1)
+        ...     seen.append(torch.get_num_threads())
+        >>> t = threading.Thread(target=stream)
+        >>> t.start(); t.join()
+        >>> seen, torch.get_num_threads() == before
+        ([1], True)
+    """
+    torch = require("torch", purpose="the torch backends")
+    with _BIND_LOCK:
+        default = _process_default(torch)
+        torch.get_num_threads()  # this thread's lazy init first, or it would undo the next line
+        torch.set_num_threads(threads)
+        restore = threading.Thread(target=torch.set_num_threads, args=(default,))
+        restore.start()
+        restore.join()
+
+
+def _process_default(torch: Any) -> int:
+    """The thread count a fresh thread would get (read from a fresh thread)."""
+    out: list[int] = []
+    probe = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    return out[0]
 
 
 def cpu_supports_bf16() -> bool:

@@ -47,6 +47,9 @@ class Backend(Protocol):
 
     # Optional: ``encode_windows(query, texts) -> list[list[Encoded]]`` splits each text into
     # overlapping windows for the long-document passage modes (see rerank_plugins.windows).
+    # Optional: ``cpu_threads: int | None`` (the intra-op threads of one forward pass; None
+    # where passes can't run side by side) and ``bind_thread(threads)`` (called once in each
+    # of the engine's forward threads) let the engine run CPU passes as parallel streams.
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for `RerankEngine.info` and the start-up log line."""

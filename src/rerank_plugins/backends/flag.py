@@ -103,6 +103,16 @@ class FlagBackend:
         )
         return [float(s) for s in scores]
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
+        return self.runner.cpu_threads if self.runner is not None else None
+
+    def bind_thread(self, threads: int) -> None:
+        """Run this thread's forward passes on ``threads`` intra-op threads."""
+        if self.runner is not None:
+            self.runner.bind_thread(threads)
+
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""
         kind = "FlagLLMReranker" if self.llm else "FlagReranker"

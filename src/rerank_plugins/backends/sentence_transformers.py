@@ -74,6 +74,15 @@ class SentenceTransformersBackend:
         """Raw logits for a batch of encoded pairs."""
         return self.runner.forward(batch)
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
+        return self.runner.cpu_threads
+
+    def bind_thread(self, threads: int) -> None:
+        """Run this thread's forward passes on ``threads`` intra-op threads."""
+        self.runner.bind_thread(threads)
+
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""
         return {**self.runner.describe(), "model_class": type(self._ce.model).__name__}

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     out(_describe("reranker", ce, width))
     out(
         f"  engine      backend={info.backend} device={info.device} precision={info.precision} "
-        f"max_length={info.max_length} batch_tokens={info.batch_tokens}"
+        f"max_length={info.max_length} batch_tokens={info.batch_tokens} "
+        f"streams={info.streams}"
     )
     out(f"  scores      {info.score_scale}")
     out(f"  loaded in {load_s:.1f} s")
