@@ -6,7 +6,8 @@ call and its peak during the call (sampled every 5 ms), so the growth is what th
 itself cost (the documents themselves are allocated before the call). The yardstick is
 the first case: the growth of one full CPU batch (the engine's 2,048 tokens in flight: two
 streams of 1,024-token passes on 2 cores) in a fresh process. That is one batch's worth of
-activations plus the buffers the math libraries allocate for it. A huge call passes the bound if its growth stays within that.
+activations plus the buffers the math libraries allocate for it. A huge call passes the
+bound if its growth stays within that.
 
 Run: ``python benchmarks/memory_bound.py`` (about three minutes on 2 cores).
 """
