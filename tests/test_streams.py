@@ -1,7 +1,7 @@
 """CPU streams: forward passes side by side, each on its share of torch's threads.
 
 A CPU engine over a torch backend runs two forward passes at once, one thread each, where torch
-has two or more threads: on the 2-core reference machine that is 21-27% more pairs per second
+has two or more threads: on the 2-core reference machine that is 10-11% more pairs per second
 than one pass on both threads (docs/benchmarks.md). These tests pin what must stay true while
 it does so: the same scores, the thread counts of everyone else left alone, failures isolated,
 and nothing left running after close.
