@@ -62,6 +62,36 @@ def test_the_last_layer_really_computes_one_position(bert_path: str) -> None:
     assert out.last_hidden_state.shape[:2] == (2, 1)
 
 
+def test_a_bf16_model_keeps_its_logits_with_the_first_token_last_layer(bert_path: str) -> None:
+    import torch
+
+    hf, tokenizer = _load(bert_path, "sdpa")
+    hf = hf.to(torch.bfloat16)
+    full = _logits(hf, tokenizer)
+    assert restrict_last_layer_to_first_token(hf) is True
+    restricted = _logits(hf, tokenizer)
+    # The restricted layer's attention runs in fp32; the rest of the model in bf16 either way.
+    assert restricted == pytest.approx(full, abs=0.03)
+
+
+def test_the_last_layer_projects_no_key_or_value_rows(bert_path: str) -> None:
+    # Its one query folds into the key weights and its attention weights into the value
+    # weights, so the key and value layers never run on the tokens.
+    import torch
+
+    hf, tokenizer = _load(bert_path, "sdpa")
+    restrict_last_layer_to_first_token(hf)
+    attention = hf.base_model.encoder.layer[-1].attention.self
+    calls: list[str] = []
+    attention.key.register_forward_hook(lambda *_: calls.append("key"))
+    attention.value.register_forward_hook(lambda *_: calls.append("value"))
+    attention.query.register_forward_hook(lambda *_: calls.append("query"))
+    inputs = tokenizer([QUERY] * 2, TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hf(**inputs)
+    assert calls == ["query"]
+
+
 def test_engines_of_both_torch_backends_report_the_restricted_last_layer(
     bert_path: str, xlmr_path: str
 ) -> None:
