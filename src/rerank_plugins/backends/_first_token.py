@@ -107,7 +107,7 @@ def _first_token_forward(
         return full
 
     attn = self.attention.self
-    batch, length, width = hidden_states.shape
+    batch, _, width = hidden_states.shape
     heads = attn.num_attention_heads
     head_size = attn.attention_head_size
     first = hidden_states[:, :1]
@@ -127,7 +127,7 @@ def _first_token_forward(
     mask = attention_mask
     if mask is not None:
         mask = mask[:, :, :1, :] if mask.dim() == 4 else mask  # (B, 1, 1, S): keys only
-        mask = mask.reshape(batch, 1, length)
+        mask = mask.reshape(mask.shape[0], 1, mask.shape[-1])  # broadcasts over heads
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:

@@ -10,10 +10,11 @@ without changing any allocator policy of the caller's process.
 A trim costs more than its own call. The next forward passes allocate the same buffers again
 and fault every returned page back in: the kernel zero-fills each one, about 5 us a page on a
 VM. A trim after every batch of eight 220-token pairs returns about 50 MiB, and faulting it
-back cost more time (about 7% of throughput) than the trim call itself (about 1 ms). So the
-cost of a trim here is its call time plus the pages it returned times the measured cost of one
-page fault, and a trim runs only after 100 times its last cost in forward time: at most 1%
-overhead, all of it counted. Elsewhere than glibc on Linux this is a no-op.
+back cost far more than the trim call itself (about 1 ms): 8% of the CPU time per pair
+(``benchmarks/memory_release.py``, docs/benchmarks.md). So the cost of a trim here is its
+call time plus the pages it returned times the measured cost of one page fault, and a trim
+runs only after 100 times its last cost in forward time: at most 1% overhead, all of it
+counted. Elsewhere than glibc on Linux this is a no-op.
 """
 
 from __future__ import annotations
