@@ -14,7 +14,7 @@ the peak resident-set growth over the warmed-up process:
   so it trims after nearly every forward pass.
 - ``off``: never trims.
 
-Run: ``python benchmarks/memory_release.py 16x50@8`` (about 8 minutes on 2 cores) or
+Run: ``python benchmarks/memory_release.py 16x50@8`` (about 10 minutes on 2 cores) or
 ``python benchmarks/memory_release.py 1x100 --rounds 3 --passes 3``.
 """
 
