@@ -74,6 +74,30 @@ def test_fp32_raw_logits_match_the_torch_backend(bert_path: str, long_text: str)
     assert ours == pytest.approx(reference, abs=1e-4)
 
 
+@pytest.mark.parametrize("model", ["bert_path", "xlmr_path"])
+def test_the_export_projects_no_keys_or_values_in_the_last_layer(
+    model: str, request: pytest.FixtureRequest, cache_dir: Path
+) -> None:
+    """The first-token last layer is traced into the graph, as the torch backends run it."""
+    import onnx
+    from transformers import AutoConfig
+
+    path = request.getfixturevalue(model)
+    layers = AutoConfig.from_pretrained(path).num_hidden_layers
+    with RerankEngine(path, backend="onnx", device="cpu") as engine:
+        assert engine.info.details["last_layer"] == "first token only"
+        graph = onnx.load(engine.info.details["onnx_file"]).graph
+    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
+    projections = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    # Query, key, value, attention output and two feed-forward products per layer; the last
+    # layer has no key or value product.
+    assert len(projections) == 6 * layers - 2
+    # The cached file says so to the next engine, which does not load the model in torch.
+    with RerankEngine(path, backend="onnx", device="cpu") as again:
+        assert again.info.details["built_now"] is False
+        assert again.info.details["last_layer"] == "first token only"
+
+
 def test_the_export_is_built_once_and_reused_by_the_next_engine(
     bert_path: str, cache_dir: Path, export_calls: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:

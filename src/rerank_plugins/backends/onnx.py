@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rerank_plugins._imports import require
+from rerank_plugins.backends._first_token import restrict_last_layer_to_first_token
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
@@ -56,8 +57,8 @@ exported models live in its ``onnx/`` subfolder."""
 OPSET = 17
 MODEL_FILE = "model.onnx"
 # Bump when the export or quantization recipe changes, so caches built by an older recipe are
-# rebuilt instead of reused.
-RECIPE_VERSION = 1
+# rebuilt instead of reused. 2: the last layer is exported for the first token only.
+RECIPE_VERSION = 2
 # Files whose change means the model changed; their size and mtime enter the cache key.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".py")
 # torch.onnx.export and transformers' loading use process-global state, so builds in one
@@ -158,6 +159,10 @@ def export_onnx(
         revision: Hub revision.
         trust_remote_code: Run model code shipped with the weights.
 
+    The last encoder layer is traced for the first token only where that is exact (BERT,
+    RoBERTa and XLM-R style classifiers, see `restrict_last_layer_to_first_token`): the graph
+    then computes no key or value rows there, as the torch backends do.
+
     Returns:
         The path of the ONNX file. Its output ``logits`` has shape (batch, num_labels).
     """
@@ -172,6 +177,7 @@ def export_onnx(
         # pattern (and was faster under ORT than the traced sdpa path in our measurements).
         attn_implementation="eager",
     ).eval()
+    first_token = restrict_last_layer_to_first_token(hf)
     names = list(input_names)
     use_types = "token_type_ids" in names
 
@@ -219,7 +225,23 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
+    _label_last_layer(path, first_token)
     return path
+
+
+LAST_LAYER_KEY = "rerank_plugins.last_layer"
+"""ONNX metadata key saying how much of the last layer the graph computes."""
+
+
+def _label_last_layer(path: Path, first_token: bool) -> None:
+    # The fact travels inside the file (and into the int8 copy made from it), so an engine that
+    # loads a cached export reports it without the model in torch.
+    onnx = require("onnx", extra="onnx", purpose="exporting a model to ONNX")
+    proto = onnx.load(str(path), load_external_data=False)
+    entry = proto.metadata_props.add()
+    entry.key = LAST_LAYER_KEY
+    entry.value = "first token only" if first_token else "all tokens"
+    onnx.save(proto, str(path))
 
 
 def build_once(key: str, label: str, build: Callable[[Path], object]) -> tuple[Path, bool]:
@@ -400,6 +422,8 @@ class OnnxBackend:
             )
             raise ModelLoadError(msg) from exc
         self.providers: list[str] = list(self.session.get_providers())
+        labels = self.session.get_modelmeta().custom_metadata_map
+        self.last_layer: str = labels.get(LAST_LAYER_KEY, "all tokens")
 
     def _cached_model(self, config: EngineConfig, commit: str | None) -> tuple[Path, bool]:
         def key(precision: str) -> str:
@@ -475,6 +499,7 @@ class OnnxBackend:
             "execution_provider": self.providers[0] if self.providers else "?",
             "threads": self.threads,
             "opset": OPSET,
+            "last_layer": self.last_layer,
             "quantization": (
                 f"dynamic int8 MatMuls, SmoothQuant alpha={SMOOTH_ALPHA}, per-token scaling"
                 if self.precision == "int8"
