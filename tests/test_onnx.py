@@ -198,6 +198,7 @@ def test_int8_ranks_like_fp32_on_the_tiny_model(bert_path: str, long_text: str) 
     ) as int8:
         assert int8.info.precision == "int8"
         assert "int8" in int8.info.details["quantization"]
+        assert int8.info.details["last_layer"] == "first token only"  # kept from the fp32 file
         ours = int8.score(QUERY, texts)
     assert max(reference) - min(reference) > 2.0  # a spread worth ranking
     # A 2-layer model of width 32 with random weights is far less forgiving than a trained

@@ -39,6 +39,7 @@ from rerank_plugins.errors import ModelLoadError
 
 __all__ = [
     "CACHE_ENV",
+    "LAST_LAYER_KEY",
     "OnnxBackend",
     "build_once",
     "cache_root",
@@ -151,6 +152,11 @@ def export_onnx(
 ) -> Path:
     """Export a sequence-classification model to ``folder/model.onnx`` in fp32.
 
+    The last encoder layer is traced for the first token only where that is exact (BERT,
+    RoBERTa and XLM-R style classifiers, see `restrict_last_layer_to_first_token`): the graph
+    then computes no key or value rows there, as the torch backends do. The file's metadata
+    (`LAST_LAYER_KEY`) records whether it was.
+
     Args:
         model: Hub id or local folder.
         folder: Where to write the model (with its external data, for models over 2 GB).
@@ -158,10 +164,6 @@ def export_onnx(
             ``token_type_ids`` when the tokenizer produces them.
         revision: Hub revision.
         trust_remote_code: Run model code shipped with the weights.
-
-    The last encoder layer is traced for the first token only where that is exact (BERT,
-    RoBERTa and XLM-R style classifiers, see `restrict_last_layer_to_first_token`): the graph
-    then computes no key or value rows there, as the torch backends do.
 
     Returns:
         The path of the ONNX file. Its output ``logits`` has shape (batch, num_labels).
