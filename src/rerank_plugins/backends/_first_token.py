@@ -19,7 +19,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-__all__ = ["FIRST_TOKEN_HEADS", "restrict_last_layer_to_first_token"]
+__all__ = ["FIRST_TOKEN_HEADS", "last_layer_label", "restrict_last_layer_to_first_token"]
 
 # Heads that read nothing but position 0 of the last hidden state (the BERT pooler, and the
 # RoBERTa / XLM-RoBERTa / Electra classification heads: ``features[:, 0, :]``).
@@ -73,6 +73,16 @@ def restrict_last_layer_to_first_token(model: Any) -> bool:
     layer._full_forward = layer.forward
     layer.forward = types.MethodType(_first_token_forward, layer)
     return True
+
+
+def last_layer_label(first_token_only: bool) -> str:
+    """How much of the last layer a backend runs, as ``engine.info.details["last_layer"]`` says.
+
+    Examples:
+        >>> last_layer_label(True), last_layer_label(False)
+        ('first token only', 'all tokens')
+    """
+    return "first token only" if first_token_only else "all tokens"
 
 
 def _has_bert_layout(layer: Any) -> bool:

@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from rerank_plugins.backends._first_token import restrict_last_layer_to_first_token
+from rerank_plugins.backends._first_token import (
+    last_layer_label,
+    restrict_last_layer_to_first_token,
+)
 from rerank_plugins.backends._memory import MemoryReleaser
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.errors import ModelLoadError
@@ -316,5 +319,7 @@ class TorchClassifier:
 
     def describe(self) -> dict[str, Any]:
         """Facts for the engine's info: attention kind and how much of the last layer runs."""
-        last = "first token only" if self.first_token_only else "all tokens"
-        return {"attention": self.attention(), "last_layer": last}
+        return {
+            "attention": self.attention(),
+            "last_layer": last_layer_label(self.first_token_only),
+        }

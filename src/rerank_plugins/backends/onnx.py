@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from rerank_plugins._imports import require
-from rerank_plugins.backends._first_token import restrict_last_layer_to_first_token
+from rerank_plugins.backends._first_token import (
+    last_layer_label,
+    restrict_last_layer_to_first_token,
+)
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
@@ -242,7 +245,7 @@ def _label_last_layer(path: Path, first_token: bool) -> None:
     proto = onnx.load(str(path), load_external_data=False)
     entry = proto.metadata_props.add()
     entry.key = LAST_LAYER_KEY
-    entry.value = "first token only" if first_token else "all tokens"
+    entry.value = last_layer_label(first_token)
     onnx.save(proto, str(path))
 
 
@@ -425,7 +428,7 @@ class OnnxBackend:
             raise ModelLoadError(msg) from exc
         self.providers: list[str] = list(self.session.get_providers())
         labels = self.session.get_modelmeta().custom_metadata_map
-        self.last_layer: str = labels.get(LAST_LAYER_KEY, "all tokens")
+        self.last_layer: str = labels.get(LAST_LAYER_KEY, last_layer_label(False))
 
     def _cached_model(self, config: EngineConfig, commit: str | None) -> tuple[Path, bool]:
         def key(precision: str) -> str:
