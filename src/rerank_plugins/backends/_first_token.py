@@ -47,9 +47,9 @@ def restrict_last_layer_to_first_token(model: Any) -> bool:
         full forward pass.
 
     Examples:
-        >>> from transformers import BertConfig, BertForSequenceClassification  # doctest: +SKIP
+        >>> from transformers import BertConfig, BertForSequenceClassification
         >>> cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        ...                  intermediate_size=64, num_labels=1)  # doctest: +SKIP
+        ...                  intermediate_size=64, num_labels=1)
         >>> restrict_last_layer_to_first_token(BertForSequenceClassification(cfg).eval())
         True
     """
