@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import random
 from pathlib import Path
+
+TRANSFORMERS_MAJOR = int(importlib.metadata.version("transformers").split(".")[0])
+"""The installed transformers line (4 or 5): the few tests of version-specific behaviour read it."""
 
 WORDS = [
     "the",
@@ -125,6 +129,19 @@ SENTENCES = [
 ]
 
 
+def assert_tokenizer_knows_its_words(tokenizer) -> None:
+    """Fail the build of a tiny model whose tokenizer maps the test vocabulary to unknowns.
+
+    A tokenizer that reads every word as unknown gives every pair the same ids, and a test
+    comparing two scorers would then pass whatever they do.
+    """
+    ids = tokenizer(" ".join(SENTENCES), add_special_tokens=False)["input_ids"]
+    unknown = sum(1 for i in ids if i == tokenizer.unk_token_id)
+    if not ids or unknown > len(ids) // 20:
+        msg = f"the tiny tokenizer reads {unknown} of {len(ids)} test tokens as unknown"
+        raise RuntimeError(msg)
+
+
 def random_text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
@@ -140,7 +157,10 @@ def build_bert(folder: Path, seed: int = 0) -> Path:
     vocab += [f"##{c}" for c in letters]
     vocab = list(dict.fromkeys(vocab))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=512)
+    # From the folder, not BertTokenizerFast(vocab_file=...): transformers 5 renamed that
+    # argument to ``vocab`` and silently drops the old one (every word then becomes [UNK]).
+    tok = BertTokenizerFast.from_pretrained(str(folder), model_max_length=512)
+    assert_tokenizer_knows_its_words(tok)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(vocab),
@@ -210,6 +230,7 @@ def build_xlmr(folder: Path, seed: int = 0) -> Path:
         num_labels=1,
         initializer_range=0.3,  # content-sensitive hidden states: the head needs little gain
     )
+    assert_tokenizer_knows_its_words(fast)
     model = XLMRobertaForSequenceClassification(config)
     spread_head(model, fast, model.classifier.out_proj, seed)
     model.save_pretrained(folder)

@@ -173,7 +173,10 @@ def test_a_model_the_hub_does_not_have_is_an_error_not_a_fallback(monkeypatch) -
     import rerank_plugins.fallback as fallback
 
     def missing(self, repo_id, timeout=None, **kwargs):
-        raise RepositoryNotFoundError("404", response=None)
+        # Built without __init__: huggingface_hub 1.x and later require a real HTTP response.
+        error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+        Exception.__init__(error, "404")
+        raise error
 
     monkeypatch.setattr(fallback, "_offline", lambda: False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", missing)

@@ -302,7 +302,7 @@ def test_a_model_with_several_labels_is_refused(tmp_path: Path) -> None:
     (tmp_path / "vocab.txt").write_text(
         "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]), encoding="utf-8"
     )
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    BertTokenizerFast.from_pretrained(str(tmp_path)).save_pretrained(tmp_path)
     config = BertConfig(
         vocab_size=len(WORDS) + 5,
         hidden_size=16,

@@ -10,10 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rerank_plugins.backends._first_token import (
-    last_layer_label,
-    restrict_last_layer_to_first_token,
-)
+from rerank_plugins.backends._first_token import install_first_token_last_layer
 from rerank_plugins.backends._memory import MemoryReleaser
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.errors import ModelLoadError
@@ -276,7 +273,8 @@ class TorchClassifier:
             )
             raise ModelLoadError(msg)
         self.model = model.to(device=device, dtype=dtype).eval()
-        self.first_token_only = restrict_last_layer_to_first_token(self.model)
+        self.last_layer = install_first_token_last_layer(self.model)
+        self.first_token_only = self.last_layer.first_token_only
         self.encoder = encoder
         self.device = device
         # Host memory: only CPU activations live in the process heap.
@@ -321,5 +319,5 @@ class TorchClassifier:
         """Facts for the engine's info: attention kind and how much of the last layer runs."""
         return {
             "attention": self.attention(),
-            "last_layer": last_layer_label(self.first_token_only),
+            "last_layer": self.last_layer.label,
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from rerank_plugins._imports import require
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
@@ -20,7 +22,7 @@ from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
-__all__ = ["FlagBackend", "is_llm_reranker"]
+__all__ = ["FlagBackend", "FlagRoundTripEncoder", "is_llm_reranker"]
 
 
 def is_llm_reranker(model: str) -> bool:
@@ -28,6 +30,75 @@ def is_llm_reranker(model: str) -> bool:
     config = read_config(model) or {}
     architectures = config.get("architectures") or []
     return any(a.endswith("ForCausalLM") for a in architectures)
+
+
+class FlagRoundTripEncoder(PairEncoder):
+    """FlagEmbedding 1.4.2's pair encoding where the tokenizer has no ``prepare_for_model``.
+
+    transformers 5 removed the id-level ``prepare_for_model``. There ``FlagReranker`` cuts the
+    query and the passage to their token budgets as before, then decodes both back to text and
+    tokenizes the pair again (``truncation="only_second"``). The round trip is not the identity:
+    an empty passage becomes no second sequence at all, and a passage with characters the
+    vocabulary lacks reads back ``<unk>`` as text, which may then split differently. This
+    encoder does the same steps, so the ``flag`` backend scores exactly what ``FlagReranker``
+    scores in the same environment.
+    """
+
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        """Encode each (query, text) pair as FlagEmbedding does on transformers 5."""
+        q = self.query_ids(query)
+        q_text = self._decode(q)
+        heads = [self._head(t, self.max_length) for t in texts]
+        tokens = self.tokenize([h for h, _ in heads])
+        passages: list[str] = []
+        truncated: list[bool] = []
+        for i, (d, (_head, rest)) in enumerate(zip(tokens, heads, strict=True)):
+            if rest and len(d) < self.max_length:
+                d = self.tokenize([texts[i]])[0]  # the head was too short after all
+                rest = ""
+            passages.append(self._decode(self._cut(d, self.max_length)))
+            over = len(q) + len(d) + self.n_special > self.max_length
+            truncated.append(over or bool(rest and not rest.isspace()))
+        options = {
+            "truncation": "only_second",
+            "max_length": self.max_length,
+            "padding": False,
+            "return_token_type_ids": self.use_token_types,
+        }
+        # Batched where the pair is a pair; an empty passage alone, as the tokenizer then
+        # encodes the query as a single sequence.
+        full = [i for i, p in enumerate(passages) if p]
+        encoded: dict[int, Any] = {}
+        if full:
+            batch = self.tokenizer([q_text] * len(full), [passages[i] for i in full], **options)
+            for row, i in enumerate(full):
+                encoded[i] = {k: batch[k][row] for k in batch}
+        for i, p in enumerate(passages):
+            if not p:
+                encoded[i] = self.tokenizer(q_text, p, **options)
+        out = []
+        for i in range(len(passages)):
+            ids = np.asarray(encoded[i]["input_ids"], dtype=np.int64)
+            types = None
+            if self.use_token_types:
+                types = np.asarray(encoded[i]["token_type_ids"], dtype=np.int64)
+            out.append(Encoded(length=len(ids), truncated=truncated[i], payload=(ids, types)))
+        return out
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(
+            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        return text
+
+
+def flag_reranker_round_trips(tokenizer: Any) -> bool:
+    """Whether FlagEmbedding re-tokenizes decoded text for this tokenizer (transformers 5).
+
+    The same test FlagEmbedding 1.4.2's ``prepare_for_model_compat`` makes: the id-level
+    ``prepare_for_model`` is gone.
+    """
+    return not callable(getattr(tokenizer, "prepare_for_model", None))
 
 
 class FlagBackend:
@@ -65,7 +136,9 @@ class FlagBackend:
         limit = model_token_limit(tokenizer, model.config)
         cap = None if self.llm else DEFAULT_MAX_LENGTH_CAP
         self.max_length = resolve_max_length(config.max_length, limit, cap=cap or 1024)
-        self.encoder = PairEncoder(tokenizer, self.max_length)
+        self.round_trip = not self.llm and flag_reranker_round_trips(tokenizer)
+        encoder_class = FlagRoundTripEncoder if self.round_trip else PairEncoder
+        self.encoder = encoder_class(tokenizer, self.max_length)
         self.runner: TorchClassifier | None = None
         if self.llm:
             model.to(device=self.device, dtype=dtype).eval()
@@ -117,7 +190,12 @@ class FlagBackend:
         """Backend facts for the engine's info."""
         kind = "FlagLLMReranker" if self.llm else "FlagReranker"
         runner = self.runner.describe() if self.runner else {"attention": "eager"}
-        return {"flag_class": kind, **runner}
+        pairs = "decoded and re-tokenized, as FlagReranker on transformers 5"
+        return {
+            "flag_class": kind,
+            **runner,
+            "pair_encoding": pairs if self.round_trip else "token ids",
+        }
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""

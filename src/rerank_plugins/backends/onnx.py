@@ -19,8 +19,8 @@ import numpy as np
 
 from rerank_plugins._imports import require
 from rerank_plugins.backends._first_token import (
+    install_first_token_last_layer,
     last_layer_label,
-    restrict_last_layer_to_first_token,
 )
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
@@ -156,7 +156,7 @@ def export_onnx(
     """Export a sequence-classification model to ``folder/model.onnx`` in fp32.
 
     The last encoder layer is traced for the first token only where that is exact (BERT,
-    RoBERTa and XLM-R style classifiers, see `restrict_last_layer_to_first_token`): the graph
+    RoBERTa and XLM-R style classifiers, see `install_first_token_last_layer`): the graph
     then computes no key or value rows there, as the torch backends do. The file's metadata
     (`LAST_LAYER_KEY`) records whether it was.
 
@@ -182,7 +182,7 @@ def export_onnx(
         # pattern (and was faster under ORT than the traced sdpa path in our measurements).
         attn_implementation="eager",
     ).eval()
-    first_token = restrict_last_layer_to_first_token(hf)
+    last_layer = install_first_token_last_layer(hf)
     names = list(input_names)
     use_types = "token_type_ids" in names
 
@@ -230,7 +230,7 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
-    _label_last_layer(path, first_token)
+    _label_last_layer(path, last_layer.label)
     return path
 
 
@@ -238,14 +238,14 @@ LAST_LAYER_KEY = "rerank_plugins.last_layer"
 """ONNX metadata key saying how much of the last layer the graph computes."""
 
 
-def _label_last_layer(path: Path, first_token: bool) -> None:
+def _label_last_layer(path: Path, label: str) -> None:
     # The fact travels inside the file (and into the int8 copy made from it), so an engine that
     # loads a cached export reports it without the model in torch.
     onnx = require("onnx", extra="onnx", purpose="exporting a model to ONNX")
     proto = onnx.load(str(path), load_external_data=False)
     entry = proto.metadata_props.add()
     entry.key = LAST_LAYER_KEY
-    entry.value = last_layer_label(first_token)
+    entry.value = label
     onnx.save(proto, str(path))
 
 

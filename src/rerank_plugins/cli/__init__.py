@@ -90,6 +90,9 @@ def _configure_logging(verbosity: int) -> None:
         # transformers' load reports ("Some weights ... newly initialized") are for library
         # users debugging a model, not for someone running a command; -v brings them back.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # Nor transformers 5's "Loading weights" bar on every model load (it reads this
+        # variable when it is imported, which the commands do lazily, after this).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         return
     level = logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
