@@ -35,7 +35,7 @@ $(OLDEST)/.installed: pyproject.toml constraints/oldest.txt
 	$(OLDEST_PY) -m pip install -q --upgrade pip
 	$(OLDEST_PY) -m pip install -q torch==2.13.0
 	$(OLDEST_PY) -m pip install -q -e ".[sentence-transformers,flag,onnx,langchain,llama-index,demo]" \
-		--group test -c constraints/oldest.txt
+		--group test-core -c constraints/oldest.txt
 	touch $@
 
 demo: setup
