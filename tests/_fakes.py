@@ -11,14 +11,14 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rerank_plugins.backends.base import Encoded
+from rerank_plugins.backends.base import BackendBase, Encoded
 
 
 def fake_logit(query: str, text: str) -> float:
     return (zlib.crc32(f"{query}\x00{text}".encode()) % 2000) / 100.0 - 10.0
 
 
-class FakeBackend:
+class FakeBackend(BackendBase):
     name = "fake"
     device = "cpu"
     precision = "fp32"
@@ -56,7 +56,7 @@ class FakeBackend:
         pass
 
 
-class FaultyBackend:
+class FaultyBackend(BackendBase):
     """Wraps a real backend and raises on the batches a predicate picks (fault injection)."""
 
     def __init__(self, inner: Any, fail: Callable[[Sequence[Encoded]], bool]) -> None:
@@ -68,16 +68,24 @@ class FaultyBackend:
         self.max_length = inner.max_length
         # Streams pass through: the engine runs this backend's passes side by side as it would
         # the real one's, so faults land on whichever stream took the batch.
-        self.cpu_threads = getattr(inner, "cpu_threads", None)
+        self._cpu_threads = inner.cpu_threads
+        self.supports_windows = inner.supports_windows
         self.batch_sizes: list[int] = []
         self.failures = 0
         self.lock = threading.Lock()
+
+    @property
+    def cpu_threads(self) -> int | None:
+        return self._cpu_threads
 
     def bind_thread(self, threads: int) -> None:
         self.inner.bind_thread(threads)
 
     def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
         return self.inner.encode(query, texts)
+
+    def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:
+        return self.inner.encode_windows(query, texts)
 
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         with self.lock:

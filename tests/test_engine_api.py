@@ -212,3 +212,47 @@ def test_a_missing_optional_dependency_names_the_extra_to_install() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'rerank-plugins[flag]'" in out.stdout
+
+
+def test_a_backend_missing_part_of_the_interface_is_refused_at_construction() -> None:
+    class Half:
+        name, device, precision, max_length = "half", "cpu", "fp32", 64
+
+        def encode(self, query, texts):
+            return []
+
+        def forward(self, batch):
+            return []
+
+    with pytest.raises(TypeError, match=r"lacks supports_windows, cpu_threads, .*BackendBase"):
+        RerankEngine.from_backend(Half())  # type: ignore[arg-type]
+
+
+def test_a_passage_mode_on_a_backend_without_windows_fails_at_construction() -> None:
+    backend = FakeBackend()
+    assert backend.supports_windows is False  # the declared default
+    with pytest.raises(ValueError, match="cannot"):
+        RerankEngine.from_backend(backend, long_documents="max")
+
+
+class _Counted(FakeBackend):
+    closed = 0
+
+    def close(self) -> None:
+        type(self).closed += 1
+
+
+def test_get_engine_closes_the_model_it_loaded_when_a_later_option_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rerank_plugins.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "load_backend", lambda config, name: _Counted())
+    _Counted.closed = 0
+    # Two streams need a backend whose passes run side by side; this one declares none.
+    with pytest.raises(ValueError, match="streams=2"):
+        get_engine("rerank-plugins-tests/never-loaded", device="cpu", streams=2)
+    assert _Counted.closed == 1
+    with pytest.raises(ValueError, match="streams=2"):
+        RerankEngine("rerank-plugins-tests/never-loaded", device="cpu", streams=2)
+    assert _Counted.closed == 2

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 
 from rerank_plugins import RerankEngine
-from rerank_plugins.backends.base import Encoded
+from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.windows import aggregate, window_spans
 
 
-class MarkerBackend:
+class MarkerBackend(BackendBase):
     """Whitespace tokens; a window scores 5 if it holds the word 'marker', else -5."""
 
     name = "marker"
+    supports_windows = True
     device = "cpu"
     precision = "fp32"
     max_length = 512

@@ -6,8 +6,6 @@ forward passes touch them again, and the kernel zero-fills each one.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from rerank_plugins import RerankEngine
@@ -17,14 +15,18 @@ from rerank_plugins.backends._memory import MemoryReleaser, page_fault_seconds, 
 def _releaser(
     trim_seconds: float, released_per_trim: int = 0, fault_seconds: float = 5e-6
 ) -> tuple[MemoryReleaser, list[int]]:
-    """A releaser whose trim takes ``trim_seconds`` and returns ``released_per_trim`` pages."""
-    releaser = MemoryReleaser()
+    """A releaser whose trim takes ``trim_seconds`` and returns ``released_per_trim`` pages.
+
+    Time is an input: the releaser reads a clock that only the fake trim advances.
+    """
+    now = [0.0]
+    releaser = MemoryReleaser(clock=lambda: now[0])
     calls: list[int] = []
     resident = [10_000_000]
 
     def slow_trim(pad: int) -> int:
         calls.append(pad)
-        time.sleep(trim_seconds)
+        now[0] += trim_seconds
         resident[0] -= released_per_trim
         return 1
 
@@ -36,9 +38,9 @@ def _releaser(
 
 def test_a_trim_waits_for_a_hundred_times_its_last_cost_in_forward_time() -> None:
     releaser, calls = _releaser(0.002)
-    releaser.after_forward(0.2)  # 200x the assumed first cost of 1 ms: trims, measures ~2 ms
+    releaser.after_forward(0.2)  # 200x the assumed first cost of 1 ms: trims, costs 2 ms
     assert calls == [0]
-    releaser.after_forward(0.1)  # 0.1 s < 100 x ~2 ms
+    releaser.after_forward(0.1)  # 0.1 s < 100 x 2 ms
     assert len(calls) == 1
     releaser.after_forward(0.15)  # 0.25 s >= 0.2 s
     assert len(calls) == 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
-from rerank_plugins.backends import Backend, Encoded, load_backend, pick_backend
+from rerank_plugins.backends import Backend, Encoded, load_backend, missing_members, pick_backend
 from rerank_plugins.batching import BatchPolicy, plan_batches
 from rerank_plugins.cache import ScoreCache, pair_key
 from rerank_plugins.config import EngineConfig
@@ -180,12 +180,7 @@ class RerankEngine:
     def __init__(self, model: str, **options: Any) -> None:
         config = EngineConfig.from_options(model, options)
         name, reason = pick_backend(config)
-        backend = load_backend(config, name)
-        try:
-            self._setup(config, backend, reason)
-        except BaseException:
-            backend.close()
-            raise
+        self._start(config, load_backend(config, name), reason, owns_backend=True)
 
     @classmethod
     def from_backend(cls, backend: Backend, **options: Any) -> RerankEngine:
@@ -201,8 +196,30 @@ class RerankEngine:
         """
         config = EngineConfig.from_options(f"<{backend.name}>", options)
         engine = cls.__new__(cls)
-        engine._setup(config, backend, "given")
+        engine._start(config, backend, "given", owns_backend=False)
         return engine
+
+    def _start(
+        self, config: EngineConfig, backend: Backend, reason: str, *, owns_backend: bool
+    ) -> None:
+        """The one construction path: check the backend, set up, start the worker.
+
+        A backend the engine loaded itself is closed when anything after loading fails, so a
+        bad option never leaves a model in memory.
+        """
+        try:
+            missing = missing_members(backend)
+            if missing:
+                msg = (
+                    f"backend {type(backend).__name__} lacks {', '.join(missing)}; implement "
+                    "rerank_plugins.backends.Backend (subclass BackendBase for the defaults)."
+                )
+                raise TypeError(msg)
+            self._setup(config, backend, reason)
+        except BaseException:
+            if owns_backend:
+                backend.close()
+            raise
 
     def _setup(self, config: EngineConfig, backend: Backend, reason: str) -> None:
         self.config = config
@@ -213,7 +230,7 @@ class RerankEngine:
         )
         self._cache: ScoreCache[Scored] = ScoreCache(config.cache_size)
         self._passages = config.long_documents in ("max", "mean")
-        if self._passages and not hasattr(backend, "encode_windows"):
+        if self._passages and not backend.supports_windows:
             msg = (
                 f"long_documents={config.long_documents!r} needs a backend that can split "
                 f"documents into windows; the {backend.name!r} backend cannot."
@@ -232,7 +249,7 @@ class RerankEngine:
             self._streams = ThreadPoolExecutor(
                 streams,
                 thread_name_prefix=f"rerank-stream[{backend.name}]",
-                initializer=partial(backend.bind_thread, threads),  # type: ignore[attr-defined]
+                initializer=partial(backend.bind_thread, threads),
             )
         self.info = EngineInfo(
             model=config.model,
@@ -547,8 +564,7 @@ class RerankEngine:
         A single (maybe truncated) pair, unless a passage mode asks for every window.
         """
         if self._passages:
-            encode_windows = self._backend.encode_windows  # type: ignore[attr-defined]
-            windows: list[list[Encoded]] = encode_windows(query, texts)
+            windows: list[list[Encoded]] = self._backend.encode_windows(query, texts)
         else:
             windows = [[e] for e in self._backend.encode(query, texts)]
         if len(windows) != len(texts):
@@ -643,7 +659,7 @@ class RerankEngine:
 
 def _resolve_streams(config: EngineConfig, backend: Backend) -> tuple[int, int | None]:
     """Forward passes to run side by side, and the intra-op threads each gets."""
-    threads: int | None = getattr(backend, "cpu_threads", None)
+    threads = backend.cpu_threads
     if config.streams is None:
         streams = 2 if threads is not None and threads >= 2 else 1
     else:
@@ -731,7 +747,7 @@ def get_engine(model: str, **options: Any) -> RerankEngine:
         if engine is None or engine.closed:
             name, reason = pick_backend(requested)
             engine = RerankEngine.__new__(RerankEngine)
-            engine._setup(config, load_backend(config, name), reason)
+            engine._start(config, load_backend(config, name), reason, owns_backend=True)
             _REGISTRY[config] = engine
         return engine
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from rerank_plugins.backends.base import Backend, Encoded
+from rerank_plugins.backends.base import Backend, BackendBase, Encoded, missing_members
 from rerank_plugins.config import EngineConfig
 
-__all__ = ["Backend", "Encoded", "load_backend", "pick_backend"]
+__all__ = ["Backend", "BackendBase", "Encoded", "load_backend", "missing_members", "pick_backend"]
 
 
 def pick_backend(config: EngineConfig) -> tuple[str, str]:

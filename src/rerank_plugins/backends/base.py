@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Backend", "Encoded"]
+__all__ = ["Backend", "BackendBase", "Encoded", "missing_members"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,16 @@ class Backend(Protocol):
     precision: str
     max_length: int
 
+    @property
+    def supports_windows(self) -> bool:
+        """Whether `encode_windows` works (the ``long_documents`` passage modes)."""
+        ...
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
+        ...
+
     def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
         """Tokenize and truncate each (query, text) pair."""
         ...
@@ -45,11 +55,13 @@ class Backend(Protocol):
         """Raw relevance logits for a batch of encoded pairs, in batch order."""
         ...
 
-    # Optional: ``encode_windows(query, texts) -> list[list[Encoded]]`` splits each text into
-    # overlapping windows for the long-document passage modes (see rerank_plugins.windows).
-    # Optional: ``cpu_threads: int | None`` (the intra-op threads of one forward pass; None
-    # where passes can't run side by side) and ``bind_thread(threads)`` (called once in each
-    # of the engine's forward threads) let the engine run CPU passes as parallel streams.
+    def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:
+        """Each text as overlapping windows (only where ``supports_windows``)."""
+        ...
+
+    def bind_thread(self, threads: int) -> None:
+        """Give this thread's forward passes ``threads`` intra-op threads (CPU streams)."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for `RerankEngine.info` and the start-up log line."""
@@ -58,3 +70,71 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model."""
         ...
+
+
+class BackendBase:
+    """The optional abilities of a backend, declared with their defaults: subclass and override.
+
+    A backend that can split long documents into windows (the ``long_documents`` passage
+    modes) sets ``supports_windows`` and implements `encode_windows`. One whose forward passes
+    can run side by side on the CPU sets ``cpu_threads`` (the intra-op threads of one pass)
+    and implements `bind_thread`, which the engine calls once in each of its forward threads.
+    The engine reads these declarations when it is built; it never probes for methods.
+
+    Examples:
+        >>> class Constant(BackendBase):
+        ...     name, device, precision, max_length = "constant", "cpu", "fp32", 512
+        ...     def encode(self, query, texts):
+        ...         return [Encoded(len(t.split()), False, t) for t in texts]
+        ...     def forward(self, batch):
+        ...         return [0.0 for _ in batch]
+        ...     def describe(self):
+        ...         return {}
+        ...     def close(self):
+        ...         pass
+        >>> backend = Constant()
+        >>> backend.supports_windows, backend.cpu_threads
+        (False, None)
+        >>> isinstance(backend, Backend)
+        True
+    """
+
+    supports_windows: bool = False
+    name: str
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """None by default: forward passes run one at a time."""
+        return None
+
+    def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:
+        """Not supported by default: the engine checks ``supports_windows`` first."""
+        msg = f"the {self.name!r} backend cannot split documents into windows."
+        raise NotImplementedError(msg)
+
+    def bind_thread(self, threads: int) -> None:
+        """Nothing to bind by default (a backend without ``cpu_threads`` runs one stream)."""
+
+
+def missing_members(backend: object) -> list[str]:
+    """The `Backend` members ``backend`` lacks (empty when it implements the interface).
+
+    Examples:
+        >>> missing_members(object())[:3]
+        ['name', 'device', 'precision']
+    """
+    names = [
+        "name",
+        "device",
+        "precision",
+        "max_length",
+        "supports_windows",
+        "cpu_threads",
+        "encode",
+        "forward",
+        "encode_windows",
+        "bind_thread",
+        "describe",
+        "close",
+    ]
+    return [n for n in names if not hasattr(backend, n)]

@@ -18,7 +18,7 @@ from rerank_plugins.backends._hf import (
     resolve_max_length,
 )
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
-from rerank_plugins.backends.base import Encoded
+from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
@@ -101,7 +101,7 @@ def flag_reranker_round_trips(tokenizer: Any) -> bool:
     return not callable(getattr(tokenizer, "prepare_for_model", None))
 
 
-class FlagBackend:
+class FlagBackend(BackendBase):
     """Scores pairs with FlagEmbedding's rerankers.
 
     Encoder rerankers (BGE base/large/v2-m3) are loaded by ``FlagReranker`` and driven with the
@@ -119,6 +119,8 @@ class FlagBackend:
         self.device = resolve_device(config.device)
         dtype, self.precision = resolve_dtype(config.precision, self.device)
         self.llm = is_llm_reranker(config.model)
+        # LLM rerankers go through FlagLLMReranker's own prompt, which has no window mode.
+        self.supports_windows = not self.llm
         cls = fe.FlagLLMReranker if self.llm else fe.FlagReranker
         try:
             self._reranker: Any = cls(

@@ -36,7 +36,7 @@ from rerank_plugins.backends._onnx_int8 import (
     quantize_int8,
     signed_weights_are_safe,
 )
-from rerank_plugins.backends.base import Encoded
+from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
@@ -351,7 +351,7 @@ def _precision(requested: str, device: str) -> str:
     raise ValueError(msg)
 
 
-class OnnxBackend:
+class OnnxBackend(BackendBase):
     """Scores pairs with an ONNX export of a cross-encoder on ONNX Runtime.
 
     The model is exported from ``transformers`` once per model, revision and precision, and
@@ -379,6 +379,7 @@ class OnnxBackend:
     """
 
     name = "onnx"
+    supports_windows = True
 
     def __init__(self, config: EngineConfig) -> None:
         check_model_reference(config.model)

@@ -15,14 +15,14 @@ from rerank_plugins.backends._hf import (
     resolve_max_length,
 )
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
-from rerank_plugins.backends.base import Encoded
+from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
 __all__ = ["SentenceTransformersBackend"]
 
 
-class SentenceTransformersBackend:
+class SentenceTransformersBackend(BackendBase):
     """Scores pairs with a `sentence_transformers.CrossEncoder`'s model and tokenizer.
 
     The model is loaded by ``CrossEncoder`` (so hub ids, local folders, revisions and
@@ -31,6 +31,7 @@ class SentenceTransformersBackend:
     """
 
     name = "sentence-transformers"
+    supports_windows = True
 
     def __init__(self, config: EngineConfig) -> None:
         check_model_reference(config.model)
