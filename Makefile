@@ -14,7 +14,7 @@ OLDEST_TESTS := tests/test_engine_fidelity.py tests/test_first_token.py tests/te
 	tests/test_long_documents.py tests/test_adapters_shared.py tests/test_langchain.py \
 	tests/test_llama_index.py tests/test_hostile_input.py tests/test_fallback.py
 
-.PHONY: setup setup-oldest demo test test-oldest lint typecheck unit docs package bench clean
+.PHONY: setup setup-oldest demo test test-fast test-oldest lint typecheck unit docs package bench clean
 
 setup: $(VENV)/.installed
 
@@ -48,8 +48,13 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# The whole suite and every docstring example that can run (CI runs this).
 unit: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules src tests
+
+# The contributor's lane, under a minute: fakes and the tiny models, in this process only.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 docs: setup
 	$(VENV)/bin/mkdocs build --strict --site-dir site
@@ -74,8 +79,9 @@ package: setup
 	build/package-check/bin/rerank-plugins --help > /dev/null
 	$(PY) tools/check_package.py --keeps-stack dist/*.whl
 
+# The benchmark harness is a tool of this repository (benchmarks/), not part of the package.
 bench: setup
-	$(VENV)/bin/rerank-plugins bench
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) site dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """bf16 ranking fidelity against fp32, and which matrix multiplies cost it.
 
 ``precision="bf16"`` casts the whole model to bf16 (what the engine runs on a CPU with
-native bf16). This script scores a `rerank-plugins bench` workload with the benchmark
+native bf16). This script scores a `python benchmarks/run.py` workload with the benchmark
 reranker (a head with a realistic score spread) in fp32 and in bf16 variants, and prints each
 variant's worst-query Spearman correlation and top-10 overlap against fp32, as the benchmark
 does. The variants keep the residual stream, LayerNorm, softmax and GELU in fp32 and round
@@ -23,15 +23,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rerank_plugins.bench.models import model_path
-from rerank_plugins.bench.report import fidelity
-from rerank_plugins.bench.workloads import Workload, build_workload, parse_shape
+# Run as a script, this file sees benchmarks/ first on sys.path; the harness is a package of
+# the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness.models import model_path
+from benchmarks.harness.report import fidelity
+from benchmarks.harness.workloads import Workload, build_workload, parse_shape
 
 
 class _Bf16Linear(torch.nn.Module):

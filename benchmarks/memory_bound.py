@@ -38,7 +38,7 @@ CHILD = r"""
 import json, sys, threading, time
 import psutil
 from rerank_plugins import RerankEngine
-from rerank_plugins.fallback import build_minilm_cross_encoder
+from rerank_plugins.models.offline import build_minilm_cross_encoder
 
 kind, n, reference = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "reference"
 path = build_minilm_cross_encoder()

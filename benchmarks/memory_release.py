@@ -25,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 POLICIES = ("counted", "call-only", "off")
 
@@ -33,9 +34,9 @@ import json, resource, sys, threading, time
 import psutil
 from transformers import AutoTokenizer
 from rerank_plugins import RerankEngine
-from rerank_plugins.bench.models import model_path
-from rerank_plugins.bench.runners import drive
-from rerank_plugins.bench.workloads import build_workload, parse_shape
+from benchmarks.harness.models import model_path
+from benchmarks.harness.runners import drive
+from benchmarks.harness.workloads import build_workload, parse_shape
 
 shape, policy, passes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 path = str(model_path("minilm"))
@@ -81,6 +82,7 @@ print(json.dumps({"rates": rates, "faults": faults, "user": user, "system": syst
 def run_child(shape: str, policy: str, passes: int) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, shape, policy, str(passes)],
+        cwd=Path(__file__).resolve().parents[1],  # the child imports benchmarks.harness
         capture_output=True,
         text=True,
         check=True,

@@ -32,16 +32,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
+# Run as a script, this file sees benchmarks/ first on sys.path; the harness is a package of
+# the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import machine_info
+from benchmarks.harness.models import model_path
+from benchmarks.harness.report import fidelity
+from benchmarks.harness.workloads import Shape, build_workload
 from rerank_plugins.backends._hf import PairEncoder, TorchClassifier, pad_batch
 from rerank_plugins.backends._onnx_int8 import calibration_batches as builtin_calibration
 from rerank_plugins.backends._onnx_int8 import quantize_int8
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.backends.onnx import export_onnx, open_session
 from rerank_plugins.batching import BatchPolicy, plan_batches
-from rerank_plugins.bench import machine_info
-from rerank_plugins.bench.models import model_path
-from rerank_plugins.bench.report import fidelity
-from rerank_plugins.bench.workloads import Shape, build_workload
 
 BATCH = 8
 SHIPPED = "SmoothQuant α=0.65 + per-token + dynamic int8, per-channel, heads fp32"

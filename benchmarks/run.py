@@ -3,7 +3,7 @@
     python benchmarks/run.py --quick              # ~1 minute smoke run
     python benchmarks/run.py --out benchmarks/results   # the full run (~10+ minutes on 2 cores)
 
-Same options as `rerank-plugins bench` (see benchmarks/README.md).
+Options: see benchmarks/README.md; `make bench BENCH_ARGS="..."` runs it too.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rerank_plugins.bench import add_arguments, main
+# Run as a script, this file sees benchmarks/ first on sys.path; the harness is a package of
+# the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import add_arguments, main
 
 
 def run(argv: list[str]) -> int:

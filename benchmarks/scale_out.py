@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the harness is a package of the repository root
 
 
 @dataclass
@@ -211,8 +212,8 @@ def _start_server(model: str, port: int, threads: int | None) -> subprocess.Pope
 def run(args: argparse.Namespace) -> list[Result]:
     from transformers import AutoTokenizer
 
-    from rerank_plugins.bench.models import model_path
-    from rerank_plugins.bench.workloads import Shape, build_workload
+    from benchmarks.harness.models import model_path
+    from benchmarks.harness.workloads import Shape, build_workload
 
     model = str(model_path(args.model) if args.model in ("minilm", "base") else Path(args.model))
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -266,7 +267,7 @@ def table(results: list[Result]) -> str:
 
 
 def report(results: list[Result], args: argparse.Namespace, command: str) -> str:
-    from rerank_plugins.bench import machine_info
+    from benchmarks.harness import machine_info
 
     info = machine_info("cpu", threads=0)
     private = [r for r in results if r.models > 1]
@@ -293,7 +294,7 @@ def report(results: list[Result], args: argparse.Namespace, command: str) -> str
         shared vs {private_tp:,.1f} pairs/s private ({tp_ratio:.2f}x).
 
         Machine: {cpu}, {cores} cores, {memory} GiB RAM; {versions}; model: MiniLM-L6
-        cross-encoder (`rerank_plugins.bench.models`, 22.7M parameters, fp32, CPU). {date}.
+        cross-encoder (`benchmarks.harness.models`, 22.7M parameters, fp32, CPU). {date}.
 
         Command: `{command}`
         """

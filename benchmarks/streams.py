@@ -1,6 +1,6 @@
 """CPU streams: one forward pass at a time on all threads, against passes side by side.
 
-Builds the benchmark MiniLM-L6 reranker and a synthetic workload (as `rerank-plugins bench`
+Builds the benchmark MiniLM-L6 reranker and a synthetic workload (as `python benchmarks/run.py`
 does), then times `RerankEngine` variants on it, interleaved, and prints the median pairs/s of
 each. The default variants are ``streams=1`` (one pass on every torch thread, 2,048-token
 batches) and the default engine (two streams, 1,024-token batches); pass your own as
@@ -15,14 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from transformers import AutoTokenizer
 
+# Run as a script, this file sees benchmarks/ first on sys.path; the harness is a package of
+# the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness.models import model_path
+from benchmarks.harness.runners import drive
+from benchmarks.harness.workloads import build_workload, parse_shape
 from rerank_plugins import RerankEngine
-from rerank_plugins.bench.models import model_path
-from rerank_plugins.bench.runners import drive
-from rerank_plugins.bench.workloads import build_workload, parse_shape
 
 DEFAULT_VARIANTS = {"streams=1": {"streams": 1}, "default": {}}
 

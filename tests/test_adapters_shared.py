@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from rerank_plugins import MissingDependencyError, RerankEngine
 from rerank_plugins.langchain import RerankCompressor
 from rerank_plugins.llama_index import RerankPostprocessor
 from tests._models import SENTENCES
+from tests._process import python
 
 ADAPTERS = [RerankCompressor, RerankPostprocessor]
 QUERY = "which city is the capital of france"
@@ -117,6 +117,7 @@ def test_importing_an_adapter_without_its_framework_names_the_extra(
         importlib.import_module(module)
 
 
+@pytest.mark.slow
 def test_the_package_imports_without_any_framework() -> None:
     code = (
         "import sys\n"
@@ -128,9 +129,7 @@ def test_the_package_imports_without_any_framework() -> None:
         "except ImportError as exc:\n"
         "    print(type(exc).__name__, exc)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    done = python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("MissingDependencyError")
     assert "pip install 'rerank-plugins[langchain]'" in done.stdout

@@ -11,12 +11,14 @@ import json
 import math
 
 import pytest
+from benchmarks.harness import Plan, PlanItem, add_arguments, main, run_bench
+from benchmarks.harness.models import flops_per_pair, spread_head
+from benchmarks.harness.report import fidelity
+from benchmarks.harness.runners import Setup, build_competitor
+from benchmarks.harness.workloads import Shape, build_workload, parse_shape
 
-from rerank_plugins.bench import Plan, PlanItem, add_arguments, main, run_bench
-from rerank_plugins.bench.models import flops_per_pair, spread_head
-from rerank_plugins.bench.report import fidelity
-from rerank_plugins.bench.runners import Setup, build_competitor
-from rerank_plugins.bench.workloads import Shape, build_workload, parse_shape
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +201,10 @@ def test_build_competitor_rejects_unknown_keys(bert_path: str) -> None:
 def test_the_gemm_peak_leaves_out_dtypes_the_cpu_only_emulates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from benchmarks.harness.runners import measure_peaks
+
     import rerank_plugins.backends._onnx_int8 as int8_module
     import rerank_plugins.backends._torch as torch_module
-    from rerank_plugins.bench.runners import measure_peaks
 
     monkeypatch.setattr(torch_module, "cpu_supports_bf16", lambda: False)
     monkeypatch.setattr(int8_module, "signed_weights_are_safe", lambda: False)

@@ -14,6 +14,9 @@ import pytest
 from rerank_plugins.cli import COMMANDS, main
 from rerank_plugins.data import demo_queries
 
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
+
 ENTRY_POINT = Path(sys.executable).parent / "rerank-plugins"
 DOCS = [
     "rag combines retrieval and generation to answer a question",
@@ -166,7 +169,7 @@ def test_rerank_dash_reads_stdin_and_min_score_cuts_before_top_n(
 def test_rerank_with_the_fallback_model_says_its_head_is_untrained(
     tmp_path_factory, docs_file: Path, capsys
 ) -> None:
-    from rerank_plugins.fallback import build_minilm_cross_encoder
+    from rerank_plugins.models.offline import build_minilm_cross_encoder
 
     folder = build_minilm_cross_encoder(shared_cache(tmp_path_factory) / "fallback-minilm-ce")
     assert (
@@ -250,7 +253,7 @@ def test_demo_runs_offline(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def test_demo_with_local_models_shows_no_fallback_notice(bert_path: str, capsys) -> None:
-    from rerank_plugins.fallback import bi_encoder_path
+    from rerank_plugins.models.offline import bi_encoder_path
 
     argv = ["demo", "--bi-encoder", bi_encoder_path(), "--reranker", bert_path, "--device", "cpu"]
     assert main([*argv, "-q", "Why is the sky blue?", "--top-k", "3", "--candidates", "10"]) == 0
@@ -273,3 +276,12 @@ def test_demo_with_local_models_shows_no_fallback_notice(bert_path: str, capsys)
 )
 def test_demo_rejects_bad_input_with_one_line(args, code, match) -> None:
     assert_one_line_error(cli("demo", *args), code, match)
+
+
+def test_bench_points_at_the_repository_harness_in_one_line(capsys) -> None:
+    assert main(["bench", "--quick", "--models", "minilm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "not part of the installed package" in err[0] and "make bench" in err[0]
+    assert main(["bench", "--help"]) == 0
+    assert "make bench" in capsys.readouterr().out

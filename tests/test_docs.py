@@ -22,7 +22,7 @@ def _blocks() -> list[tuple[str, int, str]]:
 
 @pytest.fixture(scope="module")
 def replacements(bert_path: str, xlmr_path: str) -> dict[str, str]:
-    from rerank_plugins.fallback import bi_encoder_path
+    from rerank_plugins.models.offline import bi_encoder_path
 
     return {
         "cross-encoder/ms-marco-MiniLM-L-6-v2": bert_path,

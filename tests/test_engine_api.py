@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 
@@ -16,6 +14,7 @@ from rerank_plugins import (
     get_engine,
 )
 from tests._fakes import FakeBackend, fake_logit
+from tests._process import python
 
 
 def test_get_engine_returns_the_same_instance_for_the_same_model_and_settings(
@@ -197,12 +196,13 @@ def test_max_length_above_the_model_limit_is_refused(bert_path: str) -> None:
         RerankEngine(bert_path, max_length=4096)
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_torch() -> None:
-    code = "import sys, rerank_plugins; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = python("import sys, rerank_plugins; print('torch' in sys.modules)")
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_a_missing_optional_dependency_names_the_extra_to_install() -> None:
     code = (
         "import sys; sys.modules['FlagEmbedding'] = None\n"
@@ -210,7 +210,7 @@ def test_a_missing_optional_dependency_names_the_extra_to_install() -> None:
         "try:\n    require('FlagEmbedding', purpose='the flag backend')\n"
         "except ImportError as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = python(code)
     assert "pip install 'rerank-plugins[flag]'" in out.stdout
 
 
@@ -248,6 +248,7 @@ def test_get_engine_closes_the_model_it_loaded_when_a_later_option_fails(
     import rerank_plugins.engine as engine_module
 
     monkeypatch.setattr(engine_module, "load_backend", lambda config, name: _Counted())
+    # get_engine resolves device "auto" by asking the backend class; this test passes "cpu".
     _Counted.closed = 0
     # Two streams need a backend whose passes run side by side; this one declares none.
     with pytest.raises(ValueError, match="streams=2"):
@@ -256,3 +257,22 @@ def test_get_engine_closes_the_model_it_loaded_when_a_later_option_fails(
     with pytest.raises(ValueError, match="streams=2"):
         RerankEngine("rerank-plugins-tests/never-loaded", device="cpu", streams=2)
     assert _Counted.closed == 2
+
+
+@pytest.mark.slow
+def test_each_backend_resolves_auto_devices_itself_and_onnx_without_torch() -> None:
+    # A CUDA machine with the CPU build of onnxruntime: torch would say cuda, ORT runs on cpu.
+    code = (
+        "import sys\n"
+        "from rerank_plugins.registry import _canonical\n"
+        "from rerank_plugins.config import EngineConfig\n"
+        "config = _canonical(EngineConfig.from_options('m', {'backend': 'onnx'}))\n"
+        "import onnxruntime\n"
+        "has_cuda = 'CUDAExecutionProvider' in onnxruntime.get_available_providers()\n"
+        "assert config.device == ('cuda' if has_cuda else 'cpu'), config.device\n"
+        "assert 'torch' not in sys.modules, 'resolving the onnx device imported torch'\n"
+        "print('ok')\n"
+    )
+    out = python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -24,6 +24,9 @@ from rerank_plugins.evaluation import (
 )
 from tests._fakes import FakeBackend
 
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
+
 SAMPLE = Path(__file__).parent / "data" / "beir_sample"
 
 
@@ -168,7 +171,7 @@ def test_eval_command_with_a_run_file_writes_json_and_a_plot(
 
 
 def test_eval_command_with_a_bi_encoder(bert_path: str, tmp_path: Path) -> None:
-    from rerank_plugins.fallback import bi_encoder_path
+    from rerank_plugins.models.offline import bi_encoder_path
 
     output = tmp_path / "results.json"
     proc = _cli(

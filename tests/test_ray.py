@@ -19,6 +19,9 @@ from rerank_plugins.results import select
 from tests._models import SENTENCES, random_text
 from tests._serving import free_port
 
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
+
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
     reason="Ray is an optional extra: pip install 'rerank-plugins[ray]'",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,9 @@ from rerank_plugins.remote import RemoteEngine, RemoteError
 from rerank_plugins.server import create_app
 from tests._models import SENTENCES
 from tests._serving import free_port, running
+
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
 
 QUERY = "what is rag retrieval augmented generation"
 KEY = "remote-key"
@@ -231,10 +233,9 @@ def test_a_slow_server_times_out() -> None:
     script = Scripted([200], delay=1.0)
     with running(script.app()) as base:
         engine = RemoteEngine(base, timeout=0.2, max_retries=0)
-        start = time.monotonic()
+        # Waiting out the server's delay would get its 200: only the timeout raises.
         with pytest.raises(RemoteError, match="ReadTimeout"):
             engine.score(QUERY, ["a"])
-        assert time.monotonic() - start < 0.9
         engine.close()
 
 
@@ -242,12 +243,12 @@ def test_a_call_timeout_bounds_the_whole_call_retries_included() -> None:
     script = Scripted([200], delay=1.0)
     with running(script.app()) as base:
         engine = RemoteEngine(base, timeout=5.0, max_retries=5)
-        start = time.monotonic()
+        # Each attempt would get the server's 200 after its delay, well within the per-attempt
+        # timeout: only the call's own timeout raises.
         with pytest.raises(TimeoutError, match="did not finish within its timeout"):
             engine.score(QUERY, ["a"], timeout=0.3)
         with pytest.raises(TimeoutError):
             asyncio.run(engine.arerank(QUERY, ["a"], timeout=0.3))
-        assert time.monotonic() - start < 3
         engine.close()
 
 

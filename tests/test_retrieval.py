@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from rerank_plugins.retrieval import (
     content_id,
 )
 from rerank_plugins.retrieval.stores import point_id
+from tests._process import python
 
 STORES = ["memory", "qdrant-memory", "qdrant-local"]
 
@@ -98,6 +98,16 @@ class LengthScorer:
     async def arerank(self, query, texts, top_n=None, score_threshold=None):  # pragma: no cover
         raise NotImplementedError
 
+    # The rest of the Scorer interface: what it runs, its counters, its life.
+    info = SimpleNamespace(model="length", normalize=False, max_length=None)
+    closed = False
+
+    def stats(self) -> dict[str, int]:
+        return {"requests": self.calls}
+
+    def close(self) -> None:
+        self.closed = True
+
 
 class ExplodingScorer(LengthScorer):
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
@@ -106,7 +116,7 @@ class ExplodingScorer(LengthScorer):
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    from rerank_plugins.fallback import bi_encoder_path
+    from rerank_plugins.models.offline import bi_encoder_path
 
     return bi_encoder_path()
 
@@ -145,16 +155,16 @@ def indexed(store: VectorStore, encoder, engine, passages) -> TwoStageRetriever:
 # ---------------------------------------------------------------------- import cost
 
 
+@pytest.mark.slow
 def test_importing_retrieval_loads_no_model_runtime() -> None:
     code = (
-        "import sys, rerank_plugins.retrieval, rerank_plugins.fallback, rerank_plugins.data\n"
+        "import sys, rerank_plugins.retrieval, rerank_plugins.models.offline, rerank_plugins.data\n"
         "heavy = {'torch', 'transformers', 'sentence_transformers', 'qdrant_client'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    out = python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------- end to end

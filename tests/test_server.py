@@ -27,6 +27,9 @@ from tests._fakes import FakeBackend
 from tests._models import SENTENCES, WORDS
 from tests._serving import free_port, running
 
+# Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "what is rag retrieval augmented generation"
 KEY = "s3cret-token"

@@ -2,7 +2,9 @@
 
 ``--bare``: run by the interpreter of a fresh venv holding the wheel alone. Importing
 ``rerank_plugins`` must not import torch or transformers, and asking for a model must fail
-with an error naming the extra to install.
+with an error naming the extra to install. Every module of the installed package imports only
+the standard library, the package's core dependencies, or a module that one of its declared
+extras installs (``rerank_plugins._imports.EXTRA_FOR_MODULE``).
 
 ``--keeps-stack WHEEL``: run by the current line's venv (transformers 5, sentence-transformers 6
 installed). pip's resolver, asked to install the wheel with the ``sentence-transformers`` and
@@ -12,9 +14,12 @@ installed). pip's resolver, asked to install the wheel with the ``sentence-trans
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
+from importlib.metadata import metadata
+from pathlib import Path
 
 HEAVY = ("torch", "transformers", "sentence_transformers", "FlagEmbedding", "onnxruntime")
 STACK = ("torch", "transformers", "sentence-transformers")
@@ -33,7 +38,47 @@ def check_bare() -> None:
             sys.exit(f"the missing-extra error does not name what to install: {exc}")
     else:
         sys.exit("get_engine worked without any model library installed")
+    check_imports_are_declared(Path(rerank_plugins.__file__).parent)
     print(f"bare install ok: rerank_plugins {rerank_plugins.__version__}, no heavy imports")
+
+
+# Core dependencies (pyproject's `dependencies`) by import name, and what Python ships.
+CORE = {"numpy", "tqdm", "rerank_plugins"}
+
+
+def check_imports_are_declared(package: Path) -> None:
+    from rerank_plugins._imports import EXTRA_FOR_MODULE
+
+    extras = set(metadata("rerank-plugins").get_all("Provides-Extra") or [])
+    undeclared_extras = {e for e in EXTRA_FOR_MODULE.values() if e not in extras}
+    if undeclared_extras:
+        sys.exit(f"EXTRA_FOR_MODULE names extras the wheel does not declare: {undeclared_extras}")
+    # A requirement's distribution name, normalised, is the import name of most packages
+    # (langchain-core -> langchain_core, typing-extensions -> typing_extensions).
+    required = {
+        req.split(";")[0].split("[")[0].split(">")[0].split("<")[0].split("=")[0].split("!")[0]
+        for req in metadata("rerank-plugins").get_all("Requires-Dist") or []
+    }
+    declared = {name.strip().lower().replace("-", "_") for name in required}
+    allowed = CORE | declared | set(EXTRA_FOR_MODULE) | set(sys.stdlib_module_names)
+    stray: list[str] = []
+    files = sorted(package.rglob("*.py"))
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            stray += [
+                f"{path.relative_to(package.parent)}: {n}"
+                for n in names
+                if n.split(".")[0] not in allowed
+            ]
+    if stray:
+        sys.exit("modules import packages that no extra declares:\n" + "\n".join(stray))
+    print(f"{len(files)} modules import only the stdlib, core dependencies and declared extras")
 
 
 def check_keeps_stack(wheel: str) -> None:

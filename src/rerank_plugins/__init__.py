@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from rerank_plugins.backends.base import Backend, Encoded
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.engine import EngineInfo, RerankEngine, Scorer, close_all_engines, get_engine
+from rerank_plugins.contract import EngineInfo, Scorer
+from rerank_plugins.engine import RerankEngine
 from rerank_plugins.errors import (
     BackendError,
     EngineClosedError,
@@ -20,6 +21,7 @@ from rerank_plugins.errors import (
     ModelLoadError,
     RerankError,
 )
+from rerank_plugins.registry import close_all_engines, get_engine
 from rerank_plugins.remote import RemoteEngine, RemoteError
 from rerank_plugins.results import RerankResult
 

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from typing_extensions import Self
 
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.engine import Scorer, get_engine
+from rerank_plugins.contract import Scorer, check_scorer
+from rerank_plugins.registry import get_engine
 from rerank_plugins.results import RerankResult, check_query, check_threshold, check_top_n
 
 logger = logging.getLogger("rerank_plugins")
@@ -225,12 +226,7 @@ def gather_engine_options(
         )
         raise TypeError(msg)
     if engine is not None:
-        if not isinstance(engine, Scorer):
-            msg = (
-                f"engine must implement rerank_plugins.Scorer (score, ascore, rerank, "
-                f"arerank), got {type(engine).__name__}; pass get_engine(...) or a RerankEngine."
-            )
-            raise TypeError(msg)
+        check_scorer(engine, owner)
         if options:
             msg = (
                 f"engine options ({', '.join(sorted(options))}) only apply with model=; the "
@@ -247,8 +243,7 @@ def model_name(settings: AdapterSettings) -> str:
     """A name for the model behind an adapter, for framework events and logs."""
     if settings.model is not None:
         return settings.model
-    info = getattr(settings.engine, "info", None)
-    return str(getattr(info, "model", None) or type(settings.engine).__name__)
+    return settings.engine.info.model
 
 
 def check_template(template: str) -> str:

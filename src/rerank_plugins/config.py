@@ -60,9 +60,10 @@ class EngineConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) to load."""
     long_documents: str = "truncate"
-    """``"truncate"`` (cut at ``max_length``, as the reference libraries do), or a passage mode
-    that scores every overlapping window of a long document and keeps the ``"max"`` (MaxP),
-    the ``"first"`` (FirstP) or the ``"mean"`` window score."""
+    """``"truncate"`` (cut at ``max_length``, as the reference libraries do), a passage mode
+    that scores every overlapping window of a long document and keeps the ``"max"`` (MaxP) or
+    the ``"mean"`` window score, or ``"first"`` (FirstP): the first window's score, which is
+    the truncated pair's, so it scores no other window and costs what ``"truncate"`` costs."""
 
     def __post_init__(self) -> None:
         """Validate and normalise every field; errors name the field and what to pass."""
@@ -93,7 +94,7 @@ class EngineConfig:
             msg = f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}."
             raise ValueError(msg)
         if self.precision == "int8" and backend != "onnx":
-            msg = "precision='int8' is only available with backend='onnx'."
+            msg = "precision='int8' is only available with backend='onnx'; pass backend='onnx'."
             raise ValueError(msg)
 
         from rerank_plugins.windows import LONG_DOCUMENT_MODES

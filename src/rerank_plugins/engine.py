@@ -1,30 +1,54 @@
-"""The shared rerank engine: one loaded cross-encoder serving every caller in the process."""
+"""The rerank engine: one loaded cross-encoder serving every caller, batching their work.
+
+The contract callers see (`Scorer`, `EngineInfo`) is in `rerank_plugins.contract`; the
+process-wide registry of shared engines (`get_engine`) in `rerank_plugins.registry`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import math
 import queue
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from rerank_plugins.backends import Backend, Encoded, load_backend, missing_members, pick_backend
+from rerank_plugins import registry
+from rerank_plugins.backends import (
+    Backend,
+    Encoded,
+    load_backend,
+    missing_members,
+    pick_backend,
+)
 from rerank_plugins.batching import BatchPolicy, plan_batches
 from rerank_plugins.cache import ScoreCache, pair_key
 from rerank_plugins.config import EngineConfig
+from rerank_plugins.contract import EngineInfo, Scorer, ScorerInfo, check_scorer
 from rerank_plugins.errors import BackendError, EngineClosedError
-from rerank_plugins.results import RerankResult, check_query, check_texts, select
+from rerank_plugins.results import (
+    RerankResult,
+    check_query,
+    check_texts,
+    select,
+    to_probability,
+)
 from rerank_plugins.windows import aggregate
 
-__all__ = ["EngineInfo", "RerankEngine", "Scorer", "close_all_engines", "get_engine"]
+__all__ = [
+    "EngineInfo",
+    "RerankEngine",
+    "Scorer",
+    "ScorerInfo",
+    "check_scorer",
+    "close_all_engines",
+    "get_engine",
+]
 
 logger = logging.getLogger("rerank_plugins")
 
@@ -33,80 +57,6 @@ logger = logging.getLogger("rerank_plugins")
 _CHUNK = 1024
 # The worker stops draining the queue once a cycle holds this many pairs.
 _CYCLE_PAIRS = 4096
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """What the adapters need from an engine; local and remote engines both implement it."""
-
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        """Scores in the order of ``texts``."""
-        ...
-
-    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
-        """Scores in the order of ``texts``, without blocking the event loop."""
-        ...
-
-    def rerank(
-        self,
-        query: str,
-        texts: Sequence[str],
-        top_n: int | None = None,
-        score_threshold: float | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> list[RerankResult]:
-        """Results best first, thresholded, then cut to ``top_n``."""
-        ...
-
-    async def arerank(
-        self,
-        query: str,
-        texts: Sequence[str],
-        top_n: int | None = None,
-        score_threshold: float | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> list[RerankResult]:
-        """Async `rerank`."""
-        ...
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What an engine runs: the answer to "which backend did auto pick, on what device?".
-
-    Attributes:
-        model: Hub id or resolved local folder.
-        backend: Backend name.
-        backend_reason: Why that backend (``"requested"`` or what ``auto`` saw).
-        device: Resolved device.
-        precision: Effective precision (after any fallback).
-        max_length: Tokens per pair.
-        normalize: Probabilities (True) or raw logits (False).
-        score_scale: Human-readable scale of the scores.
-        cache_size: LRU entries (0: off).
-        batch_tokens: Token budget per forward pass.
-        max_batch_size: Pair limit per forward pass.
-        streams: Forward passes run side by side (CPU), each on ``threads_per_stream`` threads.
-        threads_per_stream: Intra-op threads of one pass (None where the backend sets its own).
-        details: Backend-specific facts (attention implementation, model class ...).
-    """
-
-    model: str
-    backend: str
-    backend_reason: str
-    device: str
-    precision: str
-    max_length: int
-    normalize: bool
-    score_scale: str
-    cache_size: int
-    batch_tokens: int
-    max_batch_size: int
-    streams: int = 1
-    threads_per_stream: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,6 +149,13 @@ class RerankEngine:
         engine._start(config, backend, "given", owns_backend=False)
         return engine
 
+    @classmethod
+    def _load(cls, config: EngineConfig, name: str, reason: str) -> RerankEngine:
+        """Load backend ``name`` for ``config`` and build the engine around it (the registry)."""
+        engine = cls.__new__(cls)
+        engine._start(config, load_backend(config, name), reason, owns_backend=True)
+        return engine
+
     def _start(
         self, config: EngineConfig, backend: Backend, reason: str, *, owns_backend: bool
     ) -> None:
@@ -273,7 +230,7 @@ class RerankEngine:
             target=self._run, name=f"rerank-engine[{backend.name}]", daemon=True
         )
         self._worker.start()
-        _LIVE.add(self)
+        registry.track(self)
         logger.info(
             "rerank engine ready: model=%s backend=%s (%s) device=%s precision=%s "
             "max_length=%d batch_tokens=%d max_batch_size=%d streams=%d cache_size=%d",
@@ -415,8 +372,7 @@ class RerankEngine:
         self._fail_queued(error)
         if self._streams is not None:
             self._streams.shutdown(wait=not self._worker.is_alive(), cancel_futures=True)
-        _unregister(self)
-        _LIVE.discard(self)
+        registry.forget(self)
         self._backend.close()
         logger.info("rerank engine closed: %s", self.config.model)
 
@@ -458,7 +414,7 @@ class RerankEngine:
         return futures
 
     def _scale(self, logit: float) -> float:
-        return _sigmoid(logit) if self.config.normalize else float(logit)
+        return to_probability(logit) if self.config.normalize else float(logit)
 
     def _results(
         self,
@@ -693,76 +649,6 @@ def _settle(
         pass
 
 
-def _sigmoid(x: float) -> float:
-    if math.isnan(x):
-        return x
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
-# ---------------------------------------------------------------------- shared engines
-
-_REGISTRY: dict[EngineConfig, RerankEngine] = {}
-_REGISTRY_LOCK = threading.Lock()
-_LIVE: set[RerankEngine] = set()
-
-
-def _canonical(config: EngineConfig) -> EngineConfig:
-    """Resolve ``auto`` settings so that equivalent configs share one engine."""
-    backend, _ = pick_backend(config)
-    device = config.device
-    if device == "auto":
-        from rerank_plugins.backends._torch import resolve_device
-
-        device = resolve_device(device)
-    return replace(config, backend=backend, device=device)
-
-
-def get_engine(model: str, **options: Any) -> RerankEngine:
-    """The process-wide engine for ``model`` and ``options``, loaded on first use.
-
-    The same model and settings always return the same instance, so any number of adapters,
-    chains and retrievers hold one copy of the model and share its batches and cache. A closed
-    engine is replaced by a fresh one on the next call.
-
-    Args:
-        model: Hugging Face hub id or local folder.
-        **options: Engine options, as for `RerankEngine`.
-
-    Returns:
-        The shared engine.
-
-    Examples:
-        >>> from rerank_plugins import get_engine
-        >>> a = get_engine("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        >>> a is get_engine("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        True
-    """
-    requested = EngineConfig.from_options(model, options)
-    config = _canonical(requested)
-    with _REGISTRY_LOCK:
-        engine = _REGISTRY.get(config)
-        if engine is None or engine.closed:
-            name, reason = pick_backend(requested)
-            engine = RerankEngine.__new__(RerankEngine)
-            engine._start(config, load_backend(config, name), reason, owns_backend=True)
-            _REGISTRY[config] = engine
-        return engine
-
-
-def _unregister(engine: RerankEngine) -> None:
-    with _REGISTRY_LOCK:
-        for key, value in list(_REGISTRY.items()):
-            if value is engine:
-                del _REGISTRY[key]
-
-
-def close_all_engines() -> None:
-    """Close every engine in the process (also runs at interpreter exit)."""
-    for engine in list(_LIVE):
-        engine.close(timeout=5.0)
-
-
-atexit.register(close_all_engines)
+# The registry (`get_engine`) and the contract (`Scorer`, `EngineInfo`) have modules of their
+# own; their names stay importable from here, where they have always been.
+from rerank_plugins.registry import close_all_engines, get_engine  # noqa: E402

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerank_plugins._imports import require
-from rerank_plugins.engine import Scorer, get_engine
+from rerank_plugins.contract import Scorer
+from rerank_plugins.registry import get_engine
 from rerank_plugins.results import RerankResult, check_query, check_texts, select
 
 __all__ = ["RerankBatch", "build_deployment", "rerank_dataset"]
@@ -337,14 +338,13 @@ def build_deployment(
 
 
 def _check_server_options(options: dict[str, Any]) -> None:
-    allowed = {
-        "api_key",
-        "max_documents",
-        "max_text_bytes",
-        "max_request_bytes",
-        "max_concurrent_requests",
-        "model_id",
-    }
+    import inspect
+
+    from rerank_plugins.server.app import create_app
+
+    # The app's own keyword options, read from its signature: one list, kept by create_app.
+    parameters = inspect.signature(create_app).parameters.values()
+    allowed = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(options) - allowed)
     if unknown:
         msg = (

@@ -58,12 +58,16 @@ class RemoteInfo:
         url: The rerank endpoint.
         api: ``"tei"``, ``"cohere"`` or ``"infinity"``.
         batch_size: Texts per request.
+        normalize: Whether scores are probabilities (``raw_scores=False``) or raw logits.
+        max_length: The server's token limit per pair; None (it is the server's to know).
     """
 
     model: str
     url: str
     api: str
     batch_size: int
+    normalize: bool = True
+    max_length: int | None = None
 
 
 class RemoteEngine:
@@ -169,7 +173,9 @@ class RemoteEngine:
         self._headers = {"Accept": "application/json", **dict(headers or {})}
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self.info = RemoteInfo(model or self.url, self.url, api, batch_size)
+        self.info = RemoteInfo(
+            model or self.url, self.url, api, batch_size, normalize=not raw_scores
+        )
         self._lock = threading.Lock()
         self._client: Any = None
         # One async client per event loop: an httpx.AsyncClient's pooled connections belong to

@@ -6,7 +6,15 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["RerankResult", "check_query", "check_texts", "check_threshold", "check_top_n", "select"]
+__all__ = [
+    "RerankResult",
+    "check_query",
+    "check_texts",
+    "check_threshold",
+    "check_top_n",
+    "select",
+    "to_probability",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +147,20 @@ def select(
     if threshold is not None:
         order = [i for i in order if not math.isnan(scores[i]) and scores[i] >= threshold]
     return order if top_n is None else order[:top_n]
+
+
+def to_probability(logit: float) -> float:
+    """``sigmoid(logit)``, computed without overflow: the engine's ``normalize=True`` scale.
+
+    NaN stays NaN (a model that returned NaN ranks last, never above a threshold).
+
+    Examples:
+        >>> to_probability(0.0), to_probability(-1000.0), to_probability(1000.0)
+        (0.5, 0.0, 1.0)
+    """
+    if math.isnan(logit):
+        return logit
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)
+    return z / (1.0 + z)

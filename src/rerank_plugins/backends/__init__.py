@@ -5,7 +5,15 @@ from __future__ import annotations
 from rerank_plugins.backends.base import Backend, BackendBase, Encoded, missing_members
 from rerank_plugins.config import EngineConfig
 
-__all__ = ["Backend", "BackendBase", "Encoded", "load_backend", "missing_members", "pick_backend"]
+__all__ = [
+    "Backend",
+    "BackendBase",
+    "Encoded",
+    "backend_class",
+    "load_backend",
+    "missing_members",
+    "pick_backend",
+]
 
 
 def pick_backend(config: EngineConfig) -> tuple[str, str]:
@@ -16,25 +24,29 @@ def pick_backend(config: EngineConfig) -> tuple[str, str]:
 
     if is_llm_reranker(config.model):
         return "flag", "decoder-only (LLM) reranker: FlagLLMReranker"
-    if config.precision == "int8":
-        return "onnx", "int8 runs on ONNX Runtime"
+    # precision="int8" never arrives here: EngineConfig accepts it with backend="onnx" only.
     return "sentence-transformers", "sequence-classification cross-encoder"
+
+
+def backend_class(name: str) -> type[BackendBase]:
+    """The class of the backend called ``name`` (its module is imported here, lazily)."""
+    if name == "sentence-transformers":
+        from rerank_plugins.backends.sentence_transformers import SentenceTransformersBackend
+
+        return SentenceTransformersBackend
+    if name == "flag":
+        from rerank_plugins.backends.flag import FlagBackend
+
+        return FlagBackend
+    if name == "onnx":
+        from rerank_plugins.backends.onnx import OnnxBackend
+
+        return OnnxBackend
+    msg = f"unknown backend {name!r}; expected sentence-transformers, flag or onnx."
+    raise ValueError(msg)
 
 
 def load_backend(config: EngineConfig, name: str) -> Backend:
     """Load the backend called ``name`` for ``config`` (imports happen only here)."""
-    if name == "sentence-transformers":
-        from rerank_plugins.backends.sentence_transformers import SentenceTransformersBackend
-
-        return SentenceTransformersBackend(config)
-    if name == "flag":
-        from rerank_plugins.backends.flag import FlagBackend
-
-        return FlagBackend(config)
-    if name == "onnx":
-        from rerank_plugins.backends.onnx import OnnxBackend
-
-        backend: Backend = OnnxBackend(config)
-        return backend
-    msg = f"unknown backend {name!r}; expected sentence-transformers, flag or onnx."
-    raise ValueError(msg)
+    backend: Backend = backend_class(name)(config)
+    return backend

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,11 +10,13 @@ import numpy as np
 
 from rerank_plugins.backends._first_token import install_first_token_last_layer
 from rerank_plugins.backends._memory import MemoryReleaser
-from rerank_plugins.backends.base import Encoded
+from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.models import check_model_reference, read_config
 
 __all__ = [
     "PairEncoder",
+    "TorchBackendBase",
     "TorchClassifier",
     "check_model_reference",
     "model_token_limit",
@@ -25,37 +25,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_LENGTH_CAP = 512
-
-
-def check_model_reference(model: str) -> None:
-    """Fail early, and clearly, on a local path that does not exist.
-
-    A string that exists as a folder is a local model; one that looks like a path (absolute,
-    ``./``, ``~``, or more than one ``/``) but is missing is a mistake, not a hub id.
-    """
-    if os.path.isdir(model):
-        return
-    if os.path.exists(model):
-        msg = f"model {model!r} is a file; pass the folder that holds config.json and the weights."
-        raise ModelLoadError(msg)
-    looks_like_path = (
-        model.startswith(("/", "./", "../", "~", "\\"))
-        or model.count("/") > 1
-        or (len(model) > 1 and model[1] == ":")
-    )
-    if looks_like_path:
-        msg = f"model folder {model!r} does not exist; pass an existing folder or a hub id."
-        raise ModelLoadError(msg)
-
-
-def read_config(model: str) -> dict[str, Any] | None:
-    """The model's config.json as a dict when ``model`` is a local folder, else None."""
-    path = os.path.join(model, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
 
 
 def model_token_limit(tokenizer: Any, config: Any) -> int:
@@ -321,3 +290,31 @@ class TorchClassifier:
             "attention": self.attention(),
             "last_layer": self.last_layer.label,
         }
+
+
+class TorchBackendBase(BackendBase):
+    """What the torch backends share: torch's ``auto`` device, and CPU streams via their runner.
+
+    A subclass sets ``runner`` to the `TorchClassifier` that runs its forward passes, or to
+    None where something else does (FlagEmbedding's LLM rerankers): then passes run one at a
+    time.
+    """
+
+    runner: TorchClassifier | None
+
+    @classmethod
+    def resolve_device(cls, device: str) -> str:
+        """``auto``: cuda, then mps, then cpu, as torch sees them."""
+        from rerank_plugins.backends._torch import resolve_device
+
+        return resolve_device(device)
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
+        return self.runner.cpu_threads if self.runner is not None else None
+
+    def bind_thread(self, threads: int) -> None:
+        """Run this thread's forward passes on ``threads`` intra-op threads."""
+        if self.runner is not None:
+            self.runner.bind_thread(threads)

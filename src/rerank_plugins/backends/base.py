@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -72,7 +73,7 @@ class Backend(Protocol):
         ...
 
 
-class BackendBase:
+class BackendBase(ABC):
     """The optional abilities of a backend, declared with their defaults: subclass and override.
 
     A backend that can split long documents into windows (the ``long_documents`` passage
@@ -101,6 +102,37 @@ class BackendBase:
 
     supports_windows: bool = False
     name: str
+    device: str
+    precision: str
+    max_length: int
+
+    def __init__(self, config: Any = None) -> None:  # noqa: B027 (a default, not abstract)
+        """Backends are built from an `EngineConfig`; this base keeps nothing of it."""
+
+    @abstractmethod
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        """Tokenize and truncate each (query, text) pair."""
+
+    @abstractmethod
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        """Raw relevance logits for a batch of encoded pairs, in batch order."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Backend facts for `RerankEngine.info` and the start-up log line."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model."""
+
+    @classmethod
+    def resolve_device(cls, device: str) -> str:
+        """The device ``"auto"`` means for this backend, found without loading a model.
+
+        `rerank_plugins.get_engine` asks it, so that equivalent settings share one engine.
+        The default: CPU. Backends that can use an accelerator say which they would pick.
+        """
+        return "cpu" if device == "auto" else device
 
     @property
     def cpu_threads(self) -> int | None:
@@ -112,7 +144,7 @@ class BackendBase:
         msg = f"the {self.name!r} backend cannot split documents into windows."
         raise NotImplementedError(msg)
 
-    def bind_thread(self, threads: int) -> None:
+    def bind_thread(self, threads: int) -> None:  # noqa: B027 (a default, not abstract)
         """Nothing to bind by default (a backend without ``cpu_threads`` runs one stream)."""
 
 

@@ -11,6 +11,7 @@ from rerank_plugins._imports import require
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
+    TorchBackendBase,
     TorchClassifier,
     check_model_reference,
     model_token_limit,
@@ -18,11 +19,15 @@ from rerank_plugins.backends._hf import (
     resolve_max_length,
 )
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
-from rerank_plugins.backends.base import BackendBase, Encoded
+from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
-__all__ = ["FlagBackend", "FlagRoundTripEncoder", "is_llm_reranker"]
+__all__ = ["LLM_MAX_LENGTH_CAP", "FlagBackend", "FlagRoundTripEncoder", "is_llm_reranker"]
+
+LLM_MAX_LENGTH_CAP = 1024
+"""Default ``max_length`` of decoder-only rerankers, whose limits run to 8,192 tokens and more:
+long prompts cost quadratic attention, so a longer one is asked for with ``max_length``."""
 
 
 def is_llm_reranker(model: str) -> bool:
@@ -101,7 +106,7 @@ def flag_reranker_round_trips(tokenizer: Any) -> bool:
     return not callable(getattr(tokenizer, "prepare_for_model", None))
 
 
-class FlagBackend(BackendBase):
+class FlagBackend(TorchBackendBase):
     """Scores pairs with FlagEmbedding's rerankers.
 
     Encoder rerankers (BGE base/large/v2-m3) are loaded by ``FlagReranker`` and driven with the
@@ -136,8 +141,8 @@ class FlagBackend(BackendBase):
         model = self._reranker.model
         tokenizer = self._reranker.tokenizer
         limit = model_token_limit(tokenizer, model.config)
-        cap = None if self.llm else DEFAULT_MAX_LENGTH_CAP
-        self.max_length = resolve_max_length(config.max_length, limit, cap=cap or 1024)
+        cap = LLM_MAX_LENGTH_CAP if self.llm else DEFAULT_MAX_LENGTH_CAP
+        self.max_length = resolve_max_length(config.max_length, limit, cap=cap)
         self.round_trip = not self.llm and flag_reranker_round_trips(tokenizer)
         encoder_class = FlagRoundTripEncoder if self.round_trip else PairEncoder
         self.encoder = encoder_class(tokenizer, self.max_length)
@@ -177,16 +182,6 @@ class FlagBackend(BackendBase):
             device=self.device,
         )
         return [float(s) for s in scores]
-
-    @property
-    def cpu_threads(self) -> int | None:
-        """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
-        return self.runner.cpu_threads if self.runner is not None else None
-
-    def bind_thread(self, threads: int) -> None:
-        """Run this thread's forward passes on ``threads`` intra-op threads."""
-        if self.runner is not None:
-            self.runner.bind_thread(threads)
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""

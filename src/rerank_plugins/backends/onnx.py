@@ -7,8 +7,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rerank_plugins import builds
 from rerank_plugins._imports import require
 from rerank_plugins.backends._first_token import (
     install_first_token_last_layer,
@@ -40,6 +39,8 @@ from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
+CACHE_ENV = builds.CACHE_ENV  # re-exported; the cache folder is rerank_plugins.builds'
+
 __all__ = [
     "CACHE_ENV",
     "LAST_LAYER_KEY",
@@ -54,9 +55,6 @@ __all__ = [
 
 logger = logging.getLogger("rerank_plugins")
 
-CACHE_ENV = "RERANK_PLUGINS_CACHE"
-"""Environment variable naming rerank-plugins' cache folder (default ``~/.cache/rerank-plugins``);
-exported models live in its ``onnx/`` subfolder."""
 
 OPSET = 17
 MODEL_FILE = "model.onnx"
@@ -75,8 +73,7 @@ def cache_root() -> Path:
 
     Without the variable it is ``~/.cache/rerank-plugins/onnx``.
     """
-    base = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "rerank-plugins")
-    return Path(os.path.expanduser(base)) / "onnx"
+    return builds.cache_root() / "onnx"
 
 
 def thread_count() -> int:
@@ -252,38 +249,28 @@ def _label_last_layer(path: Path, label: str) -> None:
 def build_once(key: str, label: str, build: Callable[[Path], object]) -> tuple[Path, bool]:
     """The cache folder for ``key``; calls ``build(folder)`` only when it is not there yet.
 
-    The model is written to a private temporary folder that is renamed into place in one
-    step, so no reader ever sees half a model and concurrent builders cannot corrupt each
-    other: the first rename wins and the others discard their copy.
+    See `rerank_plugins.builds.build_once`: the model is written to a private temporary
+    folder that is renamed into place in one step; the first rename wins.
 
     Returns:
         The folder and whether this call built it.
     """
     final = cache_root() / key
+
+    def complete(folder: Path) -> bool:
+        return (folder / MODEL_FILE).is_file()
+
     with _BUILD_LOCK:
-        if (final / MODEL_FILE).is_file():
+        if complete(final):
             logger.info("onnx: reusing the cached %s model in %s", label, final)
             return final, False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a folder emptied by hand: not a model, rebuild it
-            shutil.rmtree(final, ignore_errors=True)
         logger.info(
             "onnx: building the %s model into %s (once per model and revision)", label, final
         )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
-        try:
-            build(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                # The target exists: another process finished first; use its copy.
-                if not (final / MODEL_FILE).is_file():
-                    raise
-                logger.info("onnx: the %s model was built concurrently; using %s", label, final)
-                return final, False
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final, True
+        built = builds.build_once(final, complete=complete, build=build)
+        if not built:
+            logger.info("onnx: the %s model was built concurrently; using %s", label, final)
+    return final, built
 
 
 def open_session(path: Path, providers: Sequence[Any], threads: int) -> Any:
@@ -380,6 +367,13 @@ class OnnxBackend(BackendBase):
 
     name = "onnx"
     supports_windows = True
+
+    @classmethod
+    def resolve_device(cls, device: str) -> str:
+        """``auto``: cuda where ONNX Runtime has its CUDA provider, else cpu (no torch)."""
+        ort = require("onnxruntime", extra="onnx", purpose="the onnx backend")
+        resolved, _ = _providers(device, ort)
+        return resolved
 
     def __init__(self, config: EngineConfig) -> None:
         check_model_reference(config.model)

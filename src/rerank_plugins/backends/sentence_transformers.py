@@ -9,20 +9,21 @@ from rerank_plugins._imports import require
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
+    TorchBackendBase,
     TorchClassifier,
     check_model_reference,
     model_token_limit,
     resolve_max_length,
 )
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
-from rerank_plugins.backends.base import BackendBase, Encoded
+from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
 
 __all__ = ["SentenceTransformersBackend"]
 
 
-class SentenceTransformersBackend(BackendBase):
+class SentenceTransformersBackend(TorchBackendBase):
     """Scores pairs with a `sentence_transformers.CrossEncoder`'s model and tokenizer.
 
     The model is loaded by ``CrossEncoder`` (so hub ids, local folders, revisions and
@@ -60,7 +61,7 @@ class SentenceTransformersBackend(BackendBase):
         limit = model_token_limit(tokenizer, hf_model.config)
         self.max_length = resolve_max_length(config.max_length, limit, cap=DEFAULT_MAX_LENGTH_CAP)
         self.encoder = PairEncoder(tokenizer, self.max_length)
-        self.runner = TorchClassifier(hf_model, self.encoder, self.device, dtype)
+        self.runner: TorchClassifier = TorchClassifier(hf_model, self.encoder, self.device, dtype)
         self._ce: Any = ce
 
     def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
@@ -74,15 +75,6 @@ class SentenceTransformersBackend(BackendBase):
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         """Raw logits for a batch of encoded pairs."""
         return self.runner.forward(batch)
-
-    @property
-    def cpu_threads(self) -> int | None:
-        """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
-        return self.runner.cpu_threads
-
-    def bind_thread(self, threads: int) -> None:
-        """Run this thread's forward passes on ``threads`` intra-op threads."""
-        self.runner.bind_thread(threads)
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""

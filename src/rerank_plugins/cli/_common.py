@@ -7,13 +7,15 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 __all__ = [
     "USAGE_ERROR",
     "ArgumentParser",
     "CliError",
+    "add_engine_arguments",
     "boxed",
+    "engine_options",
     "err",
     "one_line",
     "out",
@@ -118,3 +120,53 @@ def boxed(text: str, width: int) -> str:
     lines = textwrap.wrap(text, inner)
     rule = "!" * (inner + 4)
     return "\n".join([rule, *(f"! {line.ljust(inner)} !" for line in lines), rule])
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that builds a reranking engine; choices read from the config.
+
+    Args:
+        parser: The command's parser; the flags go into an "engine options" group.
+
+    Examples:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_engine_arguments(parser)
+        >>> args = parser.parse_args(["--precision", "fp32", "--max-length", "9"])
+        >>> options = engine_options(args)
+        >>> options["precision"], options["max_length"], options["long_documents"]
+        ('fp32', 9, 'truncate')
+    """
+    from rerank_plugins.config import BACKENDS, DEVICES, PRECISIONS
+    from rerank_plugins.windows import LONG_DOCUMENT_MODES
+
+    group = parser.add_argument_group("engine options")
+    group.add_argument(
+        "--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default: auto)"
+    )
+    group.add_argument("--backend", default="auto", help=f"{', '.join(BACKENDS)} (default: auto)")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: fp32 on CPU, bf16 or fp16 on CUDA; int8 with --backend onnx",
+    )
+    group.add_argument("--max-length", type=int, metavar="T", help="tokens per pair")
+    group.add_argument(
+        "--long-documents",
+        default="truncate",
+        choices=LONG_DOCUMENT_MODES,
+        help="how documents longer than max_length are scored (default: truncate)",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options that `add_engine_arguments`' flags ask for."""
+    options: dict[str, Any] = {
+        "device": args.device,
+        "backend": args.backend,
+        "precision": args.precision,
+        "long_documents": args.long_documents,
+    }
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
+    return options

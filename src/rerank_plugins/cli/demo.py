@@ -8,12 +8,21 @@ import textwrap
 import time
 from typing import TYPE_CHECKING, Any
 
-from rerank_plugins.cli._common import CliError, boxed, one_line, out, shorten, terminal_width
+from rerank_plugins.cli._common import (
+    CliError,
+    add_engine_arguments,
+    boxed,
+    engine_options,
+    one_line,
+    out,
+    shorten,
+    terminal_width,
+)
 from rerank_plugins.retrieval.retriever import DEFAULT_BI_ENCODER, DEFAULT_RERANKER
 
 if TYPE_CHECKING:
     from rerank_plugins.engine import RerankEngine
-    from rerank_plugins.fallback import ModelKind, ResolvedModel
+    from rerank_plugins.models.offline import ModelKind, ResolvedModel
     from rerank_plugins.retrieval import BiEncoder, Hit, Retrieval
 
 __all__ = ["register", "run"]
@@ -60,7 +69,7 @@ def register(subparsers: Any) -> None:
         default=50,
         help="first-stage candidates handed to the reranker (default 50)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_engine_arguments(parser)
     parser.add_argument(
         "--offline",
         action="store_true",
@@ -76,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
 
     from rerank_plugins.data import demo_queries, load_corpus
-    from rerank_plugins.fallback import UNTRAINED_HEAD_NOTICE
+    from rerank_plugins.models.offline import UNTRAINED_HEAD_NOTICE
     from rerank_plugins.retrieval import TwoStageRetriever
 
     corpus = load_corpus()
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     out("loading models ...")
     start = time.perf_counter()
     encoder, bi = _load_bi_encoder(args.bi_encoder, args.device)
-    engine, ce = _load_reranker(args.reranker, args.device)
+    engine, ce = _load_reranker(args.reranker, engine_options(args))
     load_s = time.perf_counter() - start
     info = engine.info
     out(_describe("bi-encoder", bi, width))
@@ -166,11 +175,11 @@ def _load_bi_encoder(name: str, device: str) -> tuple[BiEncoder, ResolvedModel]:
     return _load_with_fallback(name, "bi-encoder", name == DEFAULT_BI_ENCODER, load)
 
 
-def _load_reranker(name: str, device: str) -> tuple[RerankEngine, ResolvedModel]:
+def _load_reranker(name: str, options: dict[str, Any]) -> tuple[RerankEngine, ResolvedModel]:
     from rerank_plugins import get_engine
 
     def load(model: str) -> RerankEngine:
-        return get_engine(model, device=device)
+        return get_engine(model, **options)
 
     return _load_with_fallback(name, "cross-encoder", name == DEFAULT_RERANKER, load)
 
@@ -178,7 +187,7 @@ def _load_reranker(name: str, device: str) -> tuple[RerankEngine, ResolvedModel]
 def _load_with_fallback(name: str, kind: ModelKind, is_default: bool, load: Any) -> Any:
     """Load ``name``; a default hub model that cannot be loaded here falls back (say why)."""
     from rerank_plugins.errors import ModelLoadError
-    from rerank_plugins.fallback import fallback_for, resolve_model
+    from rerank_plugins.models.offline import fallback_for, resolve_model
 
     resolved = resolve_model(name, kind, allow_fallback=is_default)
     try:
@@ -193,7 +202,7 @@ def _load_with_fallback(name: str, kind: ModelKind, is_default: bool, load: Any)
 
 
 def _describe(label: str, resolved: ResolvedModel, width: int) -> str:
-    from rerank_plugins.fallback import describe
+    from rerank_plugins.models.offline import describe
 
     text = describe(resolved)
     if resolved.untrained:

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rerank_plugins.cli._common import CliError, err, out, table
+from rerank_plugins.cli._common import (
+    CliError,
+    add_engine_arguments,
+    engine_options,
+    err,
+    out,
+    table,
+)
 
 __all__ = ["register", "run"]
 
@@ -39,15 +46,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--output", "-o", metavar="FILE", help="write the JSON results here")
     parser.add_argument("--plot", metavar="PNG", help="per-query nDCG@10 before vs after")
     parser.add_argument("--per-query", action="store_true", help="include per-query metrics")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--backend", default="auto", help="auto, sentence-transformers, flag, onnx")
-    parser.add_argument("--max-length", type=int, metavar="T", help="tokens per pair")
-    parser.add_argument(
-        "--long-documents",
-        default="truncate",
-        choices=["truncate", "max", "first", "mean"],
-        help="how documents longer than max_length are scored (default: truncate)",
-    )
+    add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -68,14 +67,7 @@ def run(args: argparse.Namespace) -> int:
         msg = f"no judged queries in {args.data_dir}; check qrels/{args.split}.tsv."
         raise CliError(msg)
 
-    options: dict[str, Any] = {
-        "device": args.device,
-        "backend": args.backend,
-        "long_documents": args.long_documents,
-    }
-    if args.max_length is not None:
-        options["max_length"] = args.max_length
-    engine = get_engine(args.reranker, **options)
+    engine = get_engine(args.reranker, **engine_options(args))
 
     first_stage: Any = run_file
     if run_file is None:

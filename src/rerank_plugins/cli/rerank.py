@@ -10,6 +10,8 @@ from typing import Any
 
 from rerank_plugins.cli._common import (
     CliError,
+    add_engine_arguments,
+    engine_options,
     err,
     out,
     shorten,
@@ -66,17 +68,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list of {index, score, text}"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument(
-        "--backend", default="auto", help="auto, sentence-transformers, flag or onnx"
-    )
-    parser.add_argument("--max-length", type=int, metavar="T", help="tokens per pair")
-    parser.add_argument(
-        "--long-documents",
-        default="truncate",
-        choices=["truncate", "max", "first", "mean"],
-        help="how documents longer than max_length are scored (default: truncate)",
-    )
+    add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -95,17 +87,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(msg)
 
     from rerank_plugins import get_engine
-    from rerank_plugins.fallback import UNTRAINED_HEAD_NOTICE, is_untrained_fallback
+    from rerank_plugins.models.offline import UNTRAINED_HEAD_NOTICE, is_untrained_fallback
     from rerank_plugins.results import select
 
-    options: dict[str, Any] = {
-        "device": args.device,
-        "backend": args.backend,
-        "long_documents": args.long_documents,
-    }
-    if args.max_length is not None:
-        options["max_length"] = args.max_length
-    engine = get_engine(args.model, **options)
+    engine = get_engine(args.model, **engine_options(args))
     if is_untrained_fallback(args.model):
         err(f"notice: {UNTRAINED_HEAD_NOTICE}")
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from rerank_plugins.cli._common import CliError
+from rerank_plugins.cli._common import CliError, add_engine_arguments, engine_options
 
 __all__ = ["API_KEY_ENV", "register", "run"]
 
@@ -81,14 +81,7 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="on shutdown, wait at most S seconds for in-flight requests (default: no limit)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument(
-        "--backend", default="auto", help="auto, sentence-transformers, flag or onnx"
-    )
-    parser.add_argument("--max-length", type=int, metavar="T", help="tokens per pair")
-    parser.add_argument(
-        "--precision", default="auto", help="auto, fp32, fp16, bf16 or int8 (onnx only)"
-    )
+    add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -112,13 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rerank_plugins.server import serve
 
-    options: dict[str, Any] = {
-        "device": args.device,
-        "backend": args.backend,
-        "precision": args.precision,
-    }
-    if args.max_length is not None:
-        options["max_length"] = args.max_length
+    options = engine_options(args)
     serve(
         args.model,
         host=args.host,

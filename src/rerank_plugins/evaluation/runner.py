@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rerank_plugins.engine import Scorer
+from rerank_plugins.contract import Scorer
 from rerank_plugins.evaluation.calibrate import suggest_threshold
 from rerank_plugins.evaluation.data import BeirData
 from rerank_plugins.evaluation.metrics import METRICS, evaluate_run

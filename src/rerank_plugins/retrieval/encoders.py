@@ -11,8 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rerank_plugins._imports import require
-from rerank_plugins.backends._hf import check_model_reference
 from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.models import check_model_reference
 
 __all__ = ["BiEncoder", "Encoder", "normalize_rows"]
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.engine import Scorer, get_engine
+from rerank_plugins.contract import Scorer, check_scorer
+from rerank_plugins.registry import get_engine
 from rerank_plugins.results import check_query, check_texts, select
 from rerank_plugins.retrieval.encoders import BiEncoder, Encoder
 from rerank_plugins.retrieval.stores import InMemoryStore, Match, VectorStore
@@ -169,12 +170,7 @@ class TwoStageRetriever:
                     "not both: an existing engine already has its model and options."
                 )
                 raise TypeError(msg)
-            if not isinstance(engine, Scorer):
-                msg = (
-                    f"engine must implement score/ascore/rerank/arerank (a RerankEngine or a "
-                    f"Scorer), got {type(engine).__name__}."
-                )
-                raise TypeError(msg)
+            check_scorer(engine, "TwoStageRetriever")
         self._reranker = reranker if reranker is not None else DEFAULT_RERANKER
         if engine is None:
             EngineConfig.from_options(self._reranker, options)  # reject bad options now

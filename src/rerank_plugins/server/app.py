@@ -90,9 +90,8 @@ def create_app(
     if api_key is not None and not api_key.strip():
         msg = "api_key is empty; pass a secret token, or None to serve without authentication."
         raise ValueError(msg)
-    info = getattr(engine, "info", None)
-    name = model_id or str(getattr(info, "model", None) or type(engine).__name__)
-    normalized = bool(getattr(info, "normalize", True))
+    name = model_id or engine.info.model
+    normalized = engine.info.normalize
     metrics = ServerMetrics()
     expected = f"Bearer {api_key}".encode() if api_key is not None else None
 
@@ -152,7 +151,7 @@ def create_app(
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
-        if getattr(engine, "closed", False):
+        if engine.closed:
             return _error(ApiError(503, "unhealthy", "the engine is closed."))
         return JSONResponse({"status": "ok"})
 
@@ -164,7 +163,10 @@ def create_app(
             return _error(exc)
         from rerank_plugins import __version__
 
-        details = asdict(info) if is_dataclass(info) and not isinstance(info, type) else {}
+        info = engine.info
+        details: dict[str, Any] = (
+            asdict(info) if is_dataclass(info) and not isinstance(info, type) else {}
+        )
         return JSONResponse(
             {
                 "model_id": name,
@@ -188,7 +190,7 @@ def create_app(
             check_auth(request)
         except ApiError as exc:
             return _error(exc)
-        stats = engine.stats() if hasattr(engine, "stats") else None
+        stats = engine.stats()
         return PlainTextResponse(metrics.render(stats), media_type=_PROMETHEUS)
 
     return app
@@ -239,8 +241,8 @@ async def _score(engine: Scorer, call: RerankCall, *, normalized: bool, model: s
         raise ApiError(422, "validation", str(exc)) from None
     if not call.truncate:
         for r in results:
-            if getattr(r, "truncated", False):
-                limit = getattr(getattr(engine, "info", None), "max_length", "the model's")
+            if r.truncated:
+                limit = engine.info.max_length or "the model's"
                 msg = (
                     f"Input validation error: texts[{r.index}] with the query is longer than "
                     f"{limit} tokens; send truncate=true to score its beginning, or split it."

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rerank_plugins.results import RerankResult
+from rerank_plugins.results import RerankResult, to_probability
 
 __all__ = [
     "MAX_RAW_SCORE",
@@ -237,19 +237,6 @@ def to_logit(p: float) -> float:
     """
     p = min(max(p, _BOTTOM), _TOP)
     return math.log(p) - math.log1p(-p)
-
-
-def to_probability(logit: float) -> float:
-    """``sigmoid(logit)``, computed without overflow.
-
-    Examples:
-        >>> to_probability(0.0)
-        0.5
-    """
-    if logit >= 0:
-        return 1.0 / (1.0 + math.exp(-logit))
-    z = math.exp(logit)
-    return z / (1.0 + z)
 
 
 def _rescale(score: float, *, normalized: bool, raw: bool) -> float:

@@ -1,14 +1,14 @@
-"""The benchmark behind ``rerank-plugins bench``: our engine against the libraries it replaces.
+"""The benchmark behind ``python benchmarks/run.py``: our engine against the libraries it replaces.
 
-`run_bench` builds realistic local models (`rerank_plugins.bench.models`), the workloads of the
-performance issue (`rerank_plugins.bench.workloads`), runs our engine and the anchors
+`run_bench` builds realistic local models (`benchmarks.harness.models`), the workloads of the
+performance issue (`benchmarks.harness.workloads`), runs our engine and the anchors
 (LangChain ``CrossEncoderReranker``, LlamaIndex ``SentenceTransformerRerank``,
 ``CrossEncoder.predict``, ``FlagReranker``) interleaved in one process, and returns a
 `BenchReport` with medians, min–max, ratios against LangChain, useful FLOP/s against the
 measured GEMM peak, score fidelity, memory per scenario and the issue's goals.
 
 Examples:
-    >>> from rerank_plugins.bench import run_bench
+    >>> from benchmarks.harness import run_bench
     >>> report = run_bench(quick=True)  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_plugins.bench.memory import SCENARIOS, measure_memory
-from rerank_plugins.bench.models import MODEL_KINDS, flops_per_pair, model_path
-from rerank_plugins.bench.report import BenchReport, Row, evaluate_goals, fidelity
-from rerank_plugins.bench.runners import (
+from benchmarks.harness.memory import SCENARIOS, measure_memory
+from benchmarks.harness.models import MODEL_KINDS, flops_per_pair, model_path
+from benchmarks.harness.report import BenchReport, Row, evaluate_goals, fidelity
+from benchmarks.harness.runners import (
     COMPETITORS,
     Competitor,
     Setup,
@@ -41,7 +41,7 @@ from rerank_plugins.bench.runners import (
     measure_peaks,
     time_interleaved,
 )
-from rerank_plugins.bench.workloads import KINDS, Shape, Workload, build_workload, parse_shape
+from benchmarks.harness.workloads import KINDS, Shape, Workload, build_workload, parse_shape
 
 __all__ = [
     "BenchReport",
@@ -83,7 +83,7 @@ class PlanItem:
     Attributes:
         shape: Queries x docs at how many callers.
         kind: ``"synthetic"`` or ``"english"``.
-        competitors: Keys of `rerank_plugins.bench.runners.COMPETITORS` (or sweep keys).
+        competitors: Keys of `benchmarks.harness.runners.COMPETITORS` (or sweep keys).
         repeats: Timed runs of each competitor here (None: the run's default).
     """
 
@@ -198,7 +198,7 @@ def run_bench(
     memory: bool = True,
     peaks: bool = True,
     seed: int = 0,
-    command: str = "rerank-plugins bench",
+    command: str = "python benchmarks/run.py",
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Run the benchmark and return its report.
@@ -538,7 +538,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, command: str | None = None) -> int:
-    """Run ``rerank-plugins bench`` with parsed options; print the markdown report.
+    """Run ``python benchmarks/run.py`` with parsed options; print the markdown report.
 
     Args:
         args: Options from a parser set up by `add_arguments`.

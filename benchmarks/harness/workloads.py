@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_plugins.bench._corpus import TOPICS
+from benchmarks.harness._corpus import TOPICS
 
 __all__ = [
     "KINDS",
@@ -124,7 +124,7 @@ def english_sample(n: int = 64, seed: int = 0) -> list[tuple[str, str]]:
     Returns:
         Pairs, about a quarter of them on the question's topic.
     """
-    rng = random.Random(seed)  # noqa: S311 (sample texts, not secrets)
+    rng = random.Random(seed)
     names = sorted(TOPICS)
     out = []
     for _ in range(n):
@@ -220,7 +220,7 @@ def build_workload(
     if kind not in KINDS:
         msg = f"unknown workload kind {kind!r}; expected one of {', '.join(KINDS)}."
         raise ValueError(msg)
-    rng = random.Random(f"{seed}:{shape.spec}:{kind}")  # noqa: S311
+    rng = random.Random(f"{seed}:{shape.spec}:{kind}")
     counter = _TokenCounter(tokenizer)
     vocab = _vocabulary()
     names = sorted(TOPICS)

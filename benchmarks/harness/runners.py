@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from rerank_plugins.bench.workloads import Workload
+from benchmarks.harness.workloads import Workload
 
 __all__ = [
     "ANCHORS",
@@ -303,7 +303,7 @@ def _ours_langchain(setup: Setup) -> Competitor:
         "ours",
         "fp32",
         score,
-        close=compressor.engine.close,  # type: ignore[attr-defined]
+        close=compressor.engine.close,
         note="the drop-in for the LangChain row: same call, shared engine",
     )
 
@@ -327,7 +327,7 @@ def _ours_llamaindex(setup: Setup) -> Competitor:
         "ours",
         "fp32",
         score,
-        close=reranker.engine.close,  # type: ignore[attr-defined]
+        close=reranker.engine.close,
         note="the drop-in for the LlamaIndex row",
     )
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.workloads import english_sample
+from rerank_plugins import builds
 from rerank_plugins._imports import require
-from rerank_plugins.bench.workloads import english_sample
 
 __all__ = [
     "CACHE_ENV",
@@ -38,8 +37,7 @@ __all__ = [
     "spread_head",
 ]
 
-CACHE_ENV = "RERANK_PLUGINS_CACHE"
-"""Environment variable naming the cache folder (default ``~/.cache/rerank-plugins``)."""
+CACHE_ENV = builds.CACHE_ENV  # the library's cache folder, rerank_plugins.builds
 
 MODEL_KINDS: tuple[str, ...] = ("minilm", "base")
 """Model names `model_path` builds: ``minilm`` (real weights) and ``base`` (random weights)."""
@@ -54,8 +52,7 @@ def cache_dir() -> Path:
 
     Without the variable it is ``~/.cache/rerank-plugins/bench-models``.
     """
-    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "rerank-plugins")
-    return Path(root).expanduser() / "bench-models"
+    return builds.cache_root() / "bench-models"
 
 
 def model_path(kind: str, *, cache: Path | None = None) -> Path:
@@ -72,30 +69,22 @@ def model_path(kind: str, *, cache: Path | None = None) -> Path:
         ValueError: ``kind`` is not one of `MODEL_KINDS`.
 
     Examples:
-        >>> from rerank_plugins.bench.models import model_path
+        >>> from benchmarks.harness.models import model_path
         >>> path = model_path("minilm")  # doctest: +SKIP
     """
     if kind not in MODEL_KINDS:
         msg = f"unknown benchmark model {kind!r}; expected one of {', '.join(MODEL_KINDS)}."
         raise ValueError(msg)
     folder = (cache or cache_dir()) / f"{kind}-reranker-v{_BUILD_VERSION}"
-    if (folder / _DONE).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and rename, so an interrupted build never looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         if kind == "minilm":
             build_minilm_reranker(tmp)
         else:
             build_base_reranker(tmp)
         (tmp / _DONE).write_text(f"{_BUILD_VERSION}\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    builds.build_once(folder, complete=lambda f: (f / _DONE).is_file(), build=build)
     return folder
 
 
@@ -197,7 +186,7 @@ def spread_head(
     torch = require("torch", purpose="the benchmark models")
     if pairs is None:
         sample = english_sample(64, seed)
-        rng = random.Random(seed)  # noqa: S311 (sample texts, not secrets)
+        rng = random.Random(seed)
         words = " ".join(t for _, t in sample).split()
         salad = [
             (" ".join(rng.sample(words, 8)), " ".join(rng.sample(words, rng.randint(40, 160))))

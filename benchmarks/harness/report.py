@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_plugins.bench.memory import MemoryResult
+from benchmarks.harness.memory import MemoryResult
 
 __all__ = ["BenchReport", "Fidelity", "Goal", "Row", "evaluate_goals", "fidelity"]
 
@@ -171,7 +171,7 @@ class BenchReport:
         goals: The issue's targets, evaluated on this run.
 
     Examples:
-        >>> report = BenchReport(machine={}, command="rerank-plugins bench --quick")
+        >>> report = BenchReport(machine={}, command="python benchmarks/run.py --quick")
         >>> report.to_markdown().startswith("## ")
         True
     """

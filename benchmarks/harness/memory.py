@@ -1,6 +1,6 @@
 """Resident memory of N rerankers on one model, each scenario measured in a fresh process.
 
-Run as ``python -m rerank_plugins.bench.memory SCENARIO MODEL DEVICE``; the process imports
+Run as ``python -m benchmarks.harness.memory SCENARIO MODEL DEVICE``; the process imports
 every library first (so all scenarios start from the same baseline), builds the rerankers,
 scores a few nodes with each, and writes one JSON line with its RSS before and after.
 """
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = ["SCENARIOS", "MemoryResult", "measure_memory"]
@@ -61,10 +62,19 @@ def measure_memory(
     """
     out = []
     for name in scenarios or list(SCENARIOS):
-        cmd = [sys.executable, "-m", "rerank_plugins.bench.memory", name, model, device]
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        cmd = [sys.executable, "-m", "benchmarks.harness.memory", name, model, device]
+        # The harness is a package of the repository, not of the installed library: the child
+        # finds it from the repository root.
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": path,
+        }
         try:
-            proc = subprocess.run(  # noqa: S603
+            proc = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
             )
         except subprocess.TimeoutExpired:
