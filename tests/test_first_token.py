@@ -184,7 +184,8 @@ def test_a_last_layer_with_an_unknown_calling_convention_keeps_its_full_forward(
         last_layer = install_first_token_last_layer(hf)
 
     assert last_layer.first_token_only is False
-    assert last_layer.label.startswith("all tokens (")
+    assert last_layer.label == "all tokens"
+    assert (last_layer.reason or "").startswith("restricted layer output differs by")
     assert _logits(hf, tokenizer) == pytest.approx(full, abs=1e-6)
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "full forward pass" in warnings[0].getMessage()
@@ -227,8 +228,18 @@ def test_an_engine_says_when_and_why_the_last_layer_runs_in_full(
     with caplog.at_level("WARNING", logger="rerank_plugins"):
         engine = RerankEngine(str(folder), device="cpu", cache_size=0)
     with engine:
-        assert engine.info.details["last_layer"] == "all tokens (last layer not BERT-shaped)"
+        assert engine.info.details["last_layer"] == "all tokens"
+        assert engine.info.details["last_layer_reason"] == "last layer not BERT-shaped"
         scores = engine.score(QUERY, TEXTS)
     assert any("full forward pass" in r.getMessage() for r in caplog.records)
     reference = CrossEncoder(str(folder), device="cpu").predict([(QUERY, t) for t in TEXTS])
     assert scores == pytest.approx(reference.tolist(), abs=1e-5)
+
+
+def test_installing_twice_keeps_one_checked_restriction(bert_path: str) -> None:
+    # Two engines can be built on one model object; the second install must not wrap the first.
+    hf, tokenizer = _load(bert_path, "sdpa")
+    full = _logits(hf, tokenizer)
+    assert install_first_token_last_layer(hf).first_token_only
+    assert install_first_token_last_layer(hf).first_token_only
+    assert _logits(hf, tokenizer) == pytest.approx(full, abs=1e-5)

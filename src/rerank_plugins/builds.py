@@ -27,10 +27,14 @@ def cache_root() -> Path:
 
     Examples:
         >>> import os
+        >>> saved = os.environ.get(CACHE_ENV)
         >>> os.environ[CACHE_ENV] = "~/my-cache"
         >>> cache_root() == Path.home() / "my-cache"
         True
-        >>> del os.environ[CACHE_ENV]
+        >>> if saved is None:
+        ...     del os.environ[CACHE_ENV]
+        ... else:
+        ...     os.environ[CACHE_ENV] = saved
     """
     configured = os.environ.get(CACHE_ENV)
     if configured:

@@ -190,7 +190,8 @@ class RerankEngine:
         if self._passages and not backend.supports_windows:
             msg = (
                 f"long_documents={config.long_documents!r} needs a backend that can split "
-                f"documents into windows; the {backend.name!r} backend cannot."
+                f"documents into windows; the {backend.name!r} backend cannot for this model "
+                "(flag: LLM rerankers truncate). Use long_documents='truncate'."
             )
             raise ValueError(msg)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()

@@ -71,9 +71,15 @@ class LastLayer:
 
     @property
     def label(self) -> str:
-        """What ``engine.info.details["last_layer"]`` says."""
-        label = last_layer_label(self.first_token_only)
-        return label if self.reason is None else f"{label} ({self.reason})"
+        """What ``engine.info.details["last_layer"]`` says (the reason has its own key)."""
+        return last_layer_label(self.first_token_only)
+
+    def details(self) -> dict[str, str]:
+        """The ``engine.info.details`` entries: ``last_layer``, and ``last_layer_reason`` if off."""
+        out = {"last_layer": self.label}
+        if self.reason is not None:
+            out["last_layer_reason"] = self.reason
+        return out
 
 
 def install_first_token_last_layer(model: Any) -> LastLayer:
@@ -108,6 +114,8 @@ def install_first_token_last_layer(model: Any) -> LastLayer:
         return LastLayer(False, reason)
     if reason is None:
         layer = model.base_model.encoder.layer[-1]
+        if "_full_forward" in layer.__dict__:  # installed (and checked) already
+            return LastLayer(True)
         try:
             reason = _install_checked(model, layer, inspect.signature(layer.forward))
         except Exception as exc:  # any failure of the probe means: keep the full pass

@@ -288,7 +288,7 @@ class TorchClassifier:
         """Facts for the engine's info: attention kind and how much of the last layer runs."""
         return {
             "attention": self.attention(),
-            "last_layer": self.last_layer.label,
+            **self.last_layer.details(),
         }
 
 

@@ -21,8 +21,10 @@ from typing import Any  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, PlainTextResponse, Response  # noqa: E402
 
-from rerank_plugins.engine import RerankEngine, Scorer, get_engine  # noqa: E402
+from rerank_plugins.contract import Scorer, check_scorer  # noqa: E402
+from rerank_plugins.engine import RerankEngine  # noqa: E402
 from rerank_plugins.errors import BackendError, EngineClosedError  # noqa: E402
+from rerank_plugins.registry import get_engine  # noqa: E402
 from rerank_plugins.server.metrics import ServerMetrics  # noqa: E402
 from rerank_plugins.server.protocol import (  # noqa: E402
     ApiError,
@@ -90,6 +92,7 @@ def create_app(
     if api_key is not None and not api_key.strip():
         msg = "api_key is empty; pass a secret token, or None to serve without authentication."
         raise ValueError(msg)
+    check_scorer(engine, "create_app")
     name = model_id or engine.info.model
     normalized = engine.info.normalize
     metrics = ServerMetrics()
