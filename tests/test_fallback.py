@@ -199,13 +199,6 @@ def test_the_old_module_name_gives_the_offline_models() -> None:
 
     # The names code written against 0.1.0 imports from there, and the private ones too.
     assert old._offline is offline._offline
-    for name in [
-        "UNTRAINED_HEAD_NOTICE",
-        "ResolvedModel",
-        "bi_encoder_path",
-        "build_minilm_cross_encoder",
-        "default_cache_dir",
-        "is_untrained_fallback",
-        "resolve_model",
-    ]:
+    names = "UNTRAINED_HEAD_NOTICE ResolvedModel bi_encoder_path build_minilm_cross_encoder"
+    for name in [*names.split(), "default_cache_dir", "is_untrained_fallback", "resolve_model"]:
         assert getattr(old, name) is getattr(offline, name)

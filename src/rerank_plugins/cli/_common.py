@@ -36,7 +36,9 @@ class CliError(Exception):
         exit_code: 2 for bad input or usage (default), 1 for a failure while running.
 
     Examples:
-        >>> raise CliError("--docs file 'x.txt' does not exist.")  # doctest: +SKIP
+        >>> error = CliError("--docs file 'x.txt' does not exist.")
+        >>> str(error), error.exit_code
+        ("--docs file 'x.txt' does not exist.", 2)
     """
 
     def __init__(self, message: str, exit_code: int = USAGE_ERROR) -> None:

