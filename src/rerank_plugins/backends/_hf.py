@@ -147,6 +147,20 @@ class PairEncoder:
         """Encode each (query, text) pair, cutting texts to fit ``max_length``."""
         q = self.query_ids(query)
         budget = self.text_budget(len(q))
+        out = []
+        for d, cut_more in self.text_ids(texts, budget):
+            enc = self.build(q, self._cut(d, budget))
+            if len(d) > budget or cut_more:
+                enc = Encoded(enc.length, True, enc.payload)
+            out.append(enc)
+        return out
+
+    def text_ids(self, texts: Sequence[str], budget: int) -> list[tuple[list[int], bool]]:
+        """Each text's token ids, at least ``budget`` of them where the text has that many.
+
+        A very long text is tokenized from its head only (see `_head`); the flag says whether
+        text beyond the returned ids was left untokenized.
+        """
         heads = [self._head(t, budget) for t in texts]
         tokens = self.tokenize([h for h, _ in heads])
         out = []
@@ -154,10 +168,7 @@ class PairEncoder:
             if rest and len(d) < budget:
                 d = self.tokenize([texts[i]])[0]  # the head was too short after all
                 rest = ""
-            enc = self.build(q, self._cut(d, budget))
-            if len(d) > budget or (rest and not rest.isspace()):
-                enc = Encoded(enc.length, True, enc.payload)
-            out.append(enc)
+            out.append((d, bool(rest and not rest.isspace())))
         return out
 
     def encode_windows(self, query: str, texts: Sequence[str]) -> list[list[Encoded]]:

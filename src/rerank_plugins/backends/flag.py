@@ -53,17 +53,11 @@ class FlagRoundTripEncoder(PairEncoder):
         """Encode each (query, text) pair as FlagEmbedding does on transformers 5."""
         q = self.query_ids(query)
         q_text = self._decode(q)
-        heads = [self._head(t, self.max_length) for t in texts]
-        tokens = self.tokenize([h for h, _ in heads])
         passages: list[str] = []
         truncated: list[bool] = []
-        for i, (d, (_head, rest)) in enumerate(zip(tokens, heads, strict=True)):
-            if rest and len(d) < self.max_length:
-                d = self.tokenize([texts[i]])[0]  # the head was too short after all
-                rest = ""
+        for d, cut_more in self.text_ids(texts, self.max_length):
             passages.append(self._decode(self._cut(d, self.max_length)))
-            over = len(q) + len(d) + self.n_special > self.max_length
-            truncated.append(over or bool(rest and not rest.isspace()))
+            truncated.append(len(q) + len(d) + self.n_special > self.max_length or cut_more)
         options = {
             "truncation": "only_second",
             "max_length": self.max_length,
