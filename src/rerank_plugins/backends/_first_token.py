@@ -108,16 +108,20 @@ def install_first_token_last_layer(model: Any) -> LastLayer:
         LastLayer(first_token_only=True, reason=None)
     """
     reason = _unsupported(model)
-    if reason is not None and reason != _NOT_BERT_SHAPED:
+    if reason is not None:
         # A kind of model the restriction is not for: by design, so not worth a warning.
         logger.info("rerank-plugins: full last layer for %s (%s).", type(model).__name__, reason)
         return LastLayer(False, reason)
-    if reason is None:
-        layer = model.base_model.encoder.layer[-1]
-        if "_full_forward" in layer.__dict__:  # installed (and checked) already
-            return LastLayer(True)
+    layer = _bert_shaped_last_layer(model)
+    if layer is None:
+        # A first-token head whose last layer is not laid out as this module expects: a
+        # transformers release that moved things, or a remote-code variant.
+        reason = "last layer not BERT-shaped"
+    elif "_full_forward" in layer.__dict__:  # installed (and checked) already
+        return LastLayer(True)
+    else:
         try:
-            reason = _install_checked(model, layer, inspect.signature(layer.forward))
+            reason = _install_checked(model, layer)
         except Exception as exc:  # any failure of the probe means: keep the full pass
             reason = f"check failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
         if reason is None:
@@ -182,19 +186,17 @@ def _unsupported(model: Any) -> str | None:
         return "relative positions"
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return f"{getattr(config, '_attn_implementation', None)} attention"
-    encoder = getattr(getattr(model, "base_model", None), "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if not layers or not _has_bert_layout(layers[-1]):
-        return _NOT_BERT_SHAPED
     return None
 
 
-# A first-token head whose last layer is not laid out as this module expects: a transformers
-# release that moved things, or a remote-code variant.
-_NOT_BERT_SHAPED = "last layer not BERT-shaped"
+def _bert_shaped_last_layer(model: Any) -> Any:
+    """The model's last encoder layer if it is laid out as `_first_token_forward` expects."""
+    encoder = getattr(getattr(model, "base_model", None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    return layers[-1] if layers and _has_bert_layout(layers[-1]) else None
 
 
-def _install_checked(model: Any, layer: Any, full_signature: inspect.Signature) -> str | None:
+def _install_checked(model: Any, layer: Any) -> str | None:
     """Install the restriction and check it on a probe batch; returns why it fails, or None.
 
     The check runs in two parts. First, the last layer's inputs from a full forward pass of
@@ -209,6 +211,7 @@ def _install_checked(model: Any, layer: Any, full_signature: inspect.Signature) 
 
     import torch
 
+    full_signature = inspect.signature(layer.forward)
     inputs = _probe_batch(model)
     seen: list[Any] = []
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -238,7 +241,7 @@ def _install_checked(model: Any, layer: Any, full_signature: inspect.Signature) 
     del reference
     if first.shape != whole[:, :1].shape:
         return "restricted layer output has another shape"
-    error = float(((first - whole[:, :1]).abs() / (1 + whole[:, :1].abs())).max())
+    error = _relative_error(first, whole[:, :1])
     if not error <= _CHECK_TOLERANCE_FP32:  # also catches NaN
         return f"restricted layer output differs by {error:.2g}"
 
@@ -249,7 +252,7 @@ def _install_checked(model: Any, layer: Any, full_signature: inspect.Signature) 
         return "restricted logits have another shape"
     half = next(model.parameters()).dtype != torch.float32
     tolerance = _CHECK_TOLERANCE_HALF if half else _CHECK_TOLERANCE_FP32
-    error = float(((restricted - full).abs() / (1 + full.abs())).max())
+    error = _relative_error(restricted, full)
     if not error <= tolerance:
         return f"restricted logits differ by {error:.2g}"
     return None
@@ -280,6 +283,11 @@ def _to_fp32(
 
     args, kwargs = call
     return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
+def _relative_error(value: Any, reference: Any) -> float:
+    """The largest ``|value - reference| / (1 + |reference|)``; NaN if either has a NaN."""
+    return float(((value - reference).abs() / (1 + reference.abs())).max())
 
 
 def _hidden(output: Any, returns_tuple: bool) -> Any:
