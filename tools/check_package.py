@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import subprocess
 import sys
 from importlib.metadata import metadata
@@ -55,11 +56,9 @@ def check_imports_are_declared(package: Path) -> None:
         sys.exit(f"EXTRA_FOR_MODULE names extras the wheel does not declare: {undeclared_extras}")
     # A requirement's distribution name, normalised, is the import name of most packages
     # (langchain-core -> langchain_core, typing-extensions -> typing_extensions).
-    required = {
-        req.split(";")[0].split("[")[0].split(">")[0].split("<")[0].split("=")[0].split("!")[0]
-        for req in metadata("rerank-plugins").get_all("Requires-Dist") or []
-    }
-    declared = {name.strip().lower().replace("-", "_") for name in required}
+    requirements = metadata("rerank-plugins").get_all("Requires-Dist") or []
+    names = [re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", req) for req in requirements]
+    declared = {m.group(0).lower().replace("-", "_") for m in names if m}
     allowed = CORE | declared | set(EXTRA_FOR_MODULE) | set(sys.stdlib_module_names)
     stray: list[str] = []
     files = sorted(package.rglob("*.py"))
