@@ -10,11 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from rerank_plugins._protocols import missing_members
 from rerank_plugins.results import RerankResult
 
 __all__ = ["EngineInfo", "Scorer", "ScorerInfo", "check_scorer"]
-
-_SCORER_MEMBERS = ("score", "ascore", "rerank", "arerank", "info", "closed", "stats", "close")
 
 
 def check_scorer(engine: object, owner: str) -> None:
@@ -30,7 +29,7 @@ def check_scorer(engine: object, owner: str) -> None:
         ...
         TypeError: RerankCompressor: engine must implement ...; object lacks score, ascore, ...
     """
-    missing = [name for name in _SCORER_MEMBERS if not hasattr(engine, name)]
+    missing = missing_members(engine, Scorer)
     if missing:
         msg = (
             f"{owner}: engine must implement rerank_plugins.Scorer; {type(engine).__name__} "
@@ -66,24 +65,6 @@ class Scorer(Protocol):
     (``closed``, ``close``): callers use these members directly and never probe for them.
     """
 
-    @property
-    def info(self) -> ScorerInfo:
-        """What the scorer runs."""
-        ...
-
-    @property
-    def closed(self) -> bool:
-        """Whether `close` was called."""
-        ...
-
-    def stats(self) -> dict[str, int]:
-        """Counters since creation (requests, pairs, and what else the scorer counts)."""
-        ...
-
-    def close(self) -> None:
-        """Release what the scorer holds; later calls fail. Idempotent."""
-        ...
-
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         """Scores in the order of ``texts``."""
         ...
@@ -114,6 +95,24 @@ class Scorer(Protocol):
         timeout: float | None = None,
     ) -> list[RerankResult]:
         """Async `rerank`."""
+        ...
+
+    @property
+    def info(self) -> ScorerInfo:
+        """What the scorer runs."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation (requests, pairs, and what else the scorer counts)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the scorer holds; later calls fail. Idempotent."""
         ...
 
 

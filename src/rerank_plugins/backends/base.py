@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from rerank_plugins import _protocols
+
 __all__ = ["Backend", "BackendBase", "Encoded", "missing_members"]
 
 
@@ -155,18 +157,4 @@ def missing_members(backend: object) -> list[str]:
         >>> missing_members(object())[:3]
         ['name', 'device', 'precision']
     """
-    names = [
-        "name",
-        "device",
-        "precision",
-        "max_length",
-        "supports_windows",
-        "cpu_threads",
-        "encode",
-        "forward",
-        "encode_windows",
-        "bind_thread",
-        "describe",
-        "close",
-    ]
-    return [n for n in names if not hasattr(backend, n)]
+    return _protocols.missing_members(backend, Backend)
