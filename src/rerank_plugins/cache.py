@@ -12,8 +12,8 @@ V = TypeVar("V")
 __all__ = ["ScoreCache", "pair_key"]
 
 
-def pair_key(query: str, text: str) -> bytes:
-    """A 16-byte digest of a (query, text) pair.
+def pair_key(query: str, text: str, instruction: str | None = None) -> bytes:
+    """A 16-byte digest of a (query, text) pair, and the instruction it was scored under.
 
     Keys are digests rather than the texts themselves, so the cache's memory is bounded by its
     entry count (about 150 bytes an entry) however long the documents are.
@@ -23,8 +23,14 @@ def pair_key(query: str, text: str) -> bytes:
         16
         >>> pair_key("a", "bc") == pair_key("ab", "c")
         False
+        >>> pair_key("q", "doc") == pair_key("q", "doc", "Find code.")
+        False
     """
     h = hashlib.blake2b(digest_size=16)
+    if instruction is not None:
+        i = instruction.encode("utf-8", "surrogatepass")
+        h.update(b"i" + len(i).to_bytes(8, "little"))
+        h.update(i)
     q = query.encode("utf-8", "surrogatepass")
     h.update(len(q).to_bytes(8, "little"))
     h.update(q)

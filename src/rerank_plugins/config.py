@@ -6,12 +6,13 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["BACKENDS", "DEVICES", "PRECISIONS", "EngineConfig"]
+__all__ = ["BACKENDS", "DECODER_PROTOCOLS", "DEVICES", "PRECISIONS", "EngineConfig"]
 
-BackendName = Literal["auto", "sentence-transformers", "flag", "onnx"]
+BackendName = Literal["auto", "sentence-transformers", "flag", "onnx", "decoder"]
 Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 
-BACKENDS: tuple[str, ...] = ("auto", "sentence-transformers", "flag", "onnx")
+BACKENDS: tuple[str, ...] = ("auto", "sentence-transformers", "flag", "onnx", "decoder")
+DECODER_PROTOCOLS: tuple[str, ...] = ("auto", "sentence-transformers", "flag-llm", "qwen3")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "int8")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 _BACKEND_ALIASES = {"st": "sentence-transformers", "sentence_transformers": "sentence-transformers"}
@@ -33,8 +34,9 @@ class EngineConfig:
     model: str
     """Hugging Face hub id or local folder of the cross-encoder."""
     backend: str = "auto"
-    """``"auto"``, ``"sentence-transformers"``, ``"flag"`` or ``"onnx"``. ``auto`` picks
-    ``flag`` for decoder-only (LLM) rerankers and ``sentence-transformers`` otherwise."""
+    """``"auto"``, ``"sentence-transformers"``, ``"flag"``, ``"onnx"`` or ``"decoder"``.
+    ``auto`` picks ``decoder`` (our native runner) for decoder-only (LLM) rerankers and
+    ``sentence-transformers`` otherwise; ``flag`` runs FlagEmbedding's own classes."""
     device: str = "auto"
     """``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``."""
     max_length: int | None = None
@@ -64,6 +66,16 @@ class EngineConfig:
     that scores every overlapping window of a long document and keeps the ``"max"`` (MaxP) or
     the ``"mean"`` window score, or ``"first"`` (FirstP): the first window's score, which is
     the truncated pair's, so it scores no other window and costs what ``"truncate"`` costs."""
+    decoder_protocol: str = "auto"
+    """How a decoder (LLM) reranker reads a pair: ``"auto"`` (detected; `engine.info` says
+    what and why), ``"sentence-transformers"`` (a CrossEncoder folder with ``LogitScore``),
+    ``"flag-llm"`` (FlagLLMReranker's layout, bge-reranker-v2-gemma) or ``"qwen3"`` (the
+    Qwen3-Reranker model card's). Decoder backend only."""
+    decoder_tokens: tuple[str, str | None] | None = None
+    """``(true, false)`` answer tokens whose logits make a decoder reranker's score
+    (``logit(true) - logit(false)``; ``false=None`` scores ``logit(true)`` alone). Default: the
+    protocol's own (``("yes", "no")`` for qwen3, ``("Yes", None)`` for flag-llm); mxbai-style
+    models pass theirs, e.g. ``("1", "0")``."""
 
     def __post_init__(self) -> None:
         """Validate and normalise every field; errors name the field and what to pass."""
@@ -105,6 +117,7 @@ class EngineConfig:
                 f"expected one of {', '.join(LONG_DOCUMENT_MODES)}."
             )
             raise ValueError(msg)
+        self._check_decoder_options(backend)
         _positive_or_none("max_length", self.max_length)
         _positive_or_none("batch_tokens", self.batch_tokens)
         _positive_or_none("max_batch_size", self.max_batch_size)
@@ -119,6 +132,38 @@ class EngineConfig:
             if not isinstance(getattr(self, name), bool):
                 msg = f"{name} must be True or False, got {getattr(self, name)!r}."
                 raise TypeError(msg)
+
+    def _check_decoder_options(self, backend: str) -> None:
+        if self.decoder_protocol not in DECODER_PROTOCOLS:
+            msg = (
+                f"unknown decoder_protocol {self.decoder_protocol!r}; expected one of "
+                f"{', '.join(DECODER_PROTOCOLS)}."
+            )
+            raise ValueError(msg)
+        tokens = self.decoder_tokens
+        if tokens is not None:
+            ok = (
+                isinstance(tokens, tuple | list)
+                and len(tokens) == 2
+                and isinstance(tokens[0], str)
+                and bool(tokens[0])
+                and (tokens[1] is None or (isinstance(tokens[1], str) and bool(tokens[1])))
+            )
+            if not ok:
+                msg = (
+                    "decoder_tokens must be a (true, false) pair of token strings (false may be "
+                    f"None), got {tokens!r}."
+                )
+                raise TypeError(msg)
+            object.__setattr__(self, "decoder_tokens", (tokens[0], tokens[1]))
+        if backend in ("sentence-transformers", "flag", "onnx") and (
+            self.decoder_protocol != "auto" or tokens is not None
+        ):
+            msg = (
+                f"decoder_protocol and decoder_tokens apply to backend='decoder' only, got "
+                f"backend={backend!r}; pass backend='decoder' or 'auto'."
+            )
+            raise ValueError(msg)
 
     @classmethod
     def option_names(cls) -> frozenset[str]:

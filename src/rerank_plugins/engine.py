@@ -33,6 +33,7 @@ from rerank_plugins.contract import EngineInfo, Scorer, ScorerInfo, check_scorer
 from rerank_plugins.errors import BackendError, EngineClosedError
 from rerank_plugins.results import (
     RerankResult,
+    check_instruction,
     check_query,
     check_texts,
     select,
@@ -64,6 +65,7 @@ class _Request:
     query: str
     texts: list[str]
     future: Future[list[Scored]]
+    instruction: str | None = None
 
 
 @dataclass
@@ -260,7 +262,12 @@ class RerankEngine:
         return self._backend
 
     def score(
-        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[float]:
         """Score each text against ``query``.
 
@@ -268,14 +275,17 @@ class RerankEngine:
             query: The question.
             texts: Documents to score; an empty list returns ``[]`` without touching the model.
             timeout: Seconds to wait at most; pairs not yet run are withdrawn on timeout.
+            instruction: The task, for instruction-aware (decoder) rerankers, e.g. "Given a
+                code question, retrieve snippets that answer it". None (or blank): the model's
+                default. Encoder cross-encoders take none and raise ``ValueError`` on one.
 
         Returns:
             One plain ``float`` per text, in the order of ``texts`` (see the class docstring
             for the scale).
 
         Raises:
-            TypeError: ``query`` or a text is not a string.
-            ValueError: ``query`` is empty.
+            TypeError: ``query``, a text or ``instruction`` is not a string.
+            ValueError: ``query`` is empty, or an instruction for a model that takes none.
             TimeoutError: ``timeout`` passed first.
             EngineClosedError: The engine was closed.
             BackendError: The model failed on these pairs (the cause is chained).
@@ -284,10 +294,16 @@ class RerankEngine:
             >>> engine.score("what is rag?", ["RAG is ...", "Paris is ..."])  # doctest: +SKIP
             [0.98, 0.01]
         """
-        return [self._scale(r.logit) for r in self._collect(query, texts, timeout)]
+        scored = self._collect(query, texts, timeout, instruction)
+        return [self._scale(r.logit) for r in scored]
 
     async def ascore(
-        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[float]:
         """Async `score`: awaits the worker without blocking the loop or parking a thread.
 
@@ -296,7 +312,8 @@ class RerankEngine:
         Examples:
             >>> scores = await engine.ascore("what is rag?", ["RAG is ..."])  # doctest: +SKIP
         """
-        return [self._scale(r.logit) for r in await self._acollect(query, texts, timeout)]
+        scored = await self._acollect(query, texts, timeout, instruction)
+        return [self._scale(r.logit) for r in scored]
 
     def rerank(
         self,
@@ -306,6 +323,7 @@ class RerankEngine:
         score_threshold: float | None = None,
         *,
         timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Score and rank: threshold first, then best first (ties keep input order), then top-n.
 
@@ -315,6 +333,7 @@ class RerankEngine:
             top_n: Keep at most this many (None: all).
             score_threshold: Drop results scoring below this, before the top-n cut.
             timeout: Seconds to wait at most.
+            instruction: The task, for instruction-aware rerankers (see `score`).
 
         Returns:
             `RerankResult` s (index into ``texts``, score, text), best first.
@@ -324,7 +343,8 @@ class RerankEngine:
             [2, 0]
         """
         texts = check_texts(texts)
-        return self._results(self._collect(query, texts, timeout), texts, top_n, score_threshold)
+        scored = self._collect(query, texts, timeout, instruction)
+        return self._results(scored, texts, top_n, score_threshold)
 
     async def arerank(
         self,
@@ -334,10 +354,11 @@ class RerankEngine:
         score_threshold: float | None = None,
         *,
         timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Async `rerank`."""
         texts = check_texts(texts)
-        scored = await self._acollect(query, texts, timeout)
+        scored = await self._acollect(query, texts, timeout, instruction)
         return self._results(scored, texts, top_n, score_threshold)
 
     def stats(self) -> dict[str, int]:
@@ -402,7 +423,20 @@ class RerankEngine:
         if self._closed:
             raise EngineClosedError(self._closed_message())
 
-    def _submit(self, query: str, texts: list[str]) -> list[Future[list[Scored]]]:
+    def _instruction(self, instruction: object) -> str | None:
+        checked = check_instruction(instruction)
+        if checked is not None and not self._backend.supports_instructions:
+            msg = (
+                f"the {self._backend.name!r} backend's model takes no instruction (encoder "
+                "cross-encoders read only the query and the text); drop instruction=, or use "
+                "an instruction-aware decoder reranker such as Qwen3-Reranker."
+            )
+            raise ValueError(msg)
+        return checked
+
+    def _submit(
+        self, query: str, texts: list[str], instruction: str | None
+    ) -> list[Future[list[Scored]]]:
         futures: list[Future[list[Scored]]] = []
         with self._lock:
             self._check_open()
@@ -410,7 +444,7 @@ class RerankEngine:
             self._stats["pairs"] += len(texts)
             for start in range(0, len(texts), _CHUNK):
                 fut: Future[list[Scored]] = Future()
-                self._queue.put(_Request(query, texts[start : start + _CHUNK], fut))
+                self._queue.put(_Request(query, texts[start : start + _CHUNK], fut, instruction))
                 futures.append(fut)
         return futures
 
@@ -430,13 +464,16 @@ class RerankEngine:
             for i in select(scores, top_n, score_threshold)
         ]
 
-    def _collect(self, query: str, texts: Sequence[str], timeout: float | None) -> list[Scored]:
+    def _collect(
+        self, query: str, texts: Sequence[str], timeout: float | None, instruction: object
+    ) -> list[Scored]:
         query = check_query(query)
         texts = check_texts(texts)
+        checked = self._instruction(instruction)
         if not texts:
             self._check_open()
             return []
-        futures = self._submit(query, texts)
+        futures = self._submit(query, texts, checked)
         deadline = None if timeout is None else time.monotonic() + timeout
         out: list[Scored] = []
         try:
@@ -455,14 +492,15 @@ class RerankEngine:
         return out
 
     async def _acollect(
-        self, query: str, texts: Sequence[str], timeout: float | None
+        self, query: str, texts: Sequence[str], timeout: float | None, instruction: object
     ) -> list[Scored]:
         query = check_query(query)
         texts = check_texts(texts)
+        checked = self._instruction(instruction)
         if not texts:
             self._check_open()
             return []
-        futures = self._submit(query, texts)
+        futures = self._submit(query, texts, checked)
         gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         try:
             parts = await asyncio.wait_for(gathered, timeout)
@@ -515,13 +553,19 @@ class RerankEngine:
             if stop:
                 return
 
-    def _encode(self, query: str, texts: list[str]) -> list[list[Encoded]]:
+    def _encode(
+        self, query: str, texts: list[str], instruction: str | None
+    ) -> list[list[Encoded]]:
         """One list of windows per text.
 
         A single (maybe truncated) pair, unless a passage mode asks for every window.
+        Backends that take instructions get the request's (None: the model's default).
         """
         if self._passages:
             windows: list[list[Encoded]] = self._backend.encode_windows(query, texts)
+        elif self._backend.supports_instructions:
+            encoded = self._backend.encode(query, texts, instruction=instruction)  # type: ignore[call-arg]
+            windows = [[e] for e in encoded]
         else:
             windows = [[e] for e in self._backend.encode(query, texts)]
         if len(windows) != len(texts):
@@ -536,14 +580,14 @@ class RerankEngine:
             if not req.future.set_running_or_notify_cancel():
                 continue  # cancelled or timed out before it ran: withdrawn
             try:
-                keys = [pair_key(req.query, t) for t in req.texts]
+                keys = [pair_key(req.query, t, req.instruction) for t in req.texts]
                 values: list[Scored | None] = [self._cache.get(k) for k in keys]
                 new: dict[bytes, str] = {}
                 for key, text, value in zip(keys, req.texts, values, strict=True):
                     if value is None and key not in pending and key not in new:
                         new[key] = text
                 if new:
-                    encoded = self._encode(req.query, list(new.values()))
+                    encoded = self._encode(req.query, list(new.values()), req.instruction)
                     for key, windows in zip(new, encoded, strict=True):
                         pending[key] = _Doc([_Item(e) for e in windows])
                         if windows[0].truncated and not self._warned_truncation:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "RerankResult",
+    "check_instruction",
     "check_query",
     "check_texts",
     "check_threshold",
@@ -57,6 +58,24 @@ def check_query(query: object) -> str:
         msg = "query is empty; pass the question to rank the texts against."
         raise ValueError(msg)
     return query
+
+
+def check_instruction(instruction: object) -> str | None:
+    """Return the instruction, or None for none (``None``, or an empty or blank string).
+
+    Examples:
+        >>> check_instruction("  "), check_instruction("Find code.")
+        (None, 'Find code.')
+
+    Raises:
+        TypeError: ``instruction`` is not a string or None.
+    """
+    if instruction is None:
+        return None
+    if not isinstance(instruction, str):
+        msg = f"instruction must be a string or None, got {type(instruction).__name__}."
+        raise TypeError(msg)
+    return instruction if instruction.strip() else None
 
 
 def check_texts(texts: object) -> list[str]:

@@ -20,10 +20,17 @@ def pick_backend(config: EngineConfig) -> tuple[str, str]:
     """Resolve ``backend="auto"``; returns (backend name, the reason it was picked)."""
     if config.backend != "auto":
         return config.backend, "requested"
-    from rerank_plugins.backends.flag import is_llm_reranker
+    from rerank_plugins.backends.decoder import is_causal_lm
 
-    if is_llm_reranker(config.model):
-        return "flag", "decoder-only (LLM) reranker: FlagLLMReranker"
+    if is_causal_lm(config.model):
+        return "decoder", "decoder-only (LLM) reranker"
+    if config.decoder_protocol != "auto" or config.decoder_tokens is not None:
+        msg = (
+            f"decoder_protocol and decoder_tokens apply to decoder (causal LM) rerankers; "
+            f"{config.model!r} is not a local causal LM folder. Pass backend='decoder' for a "
+            "hub id, or drop the options."
+        )
+        raise ValueError(msg)
     # precision="int8" never arrives here: EngineConfig accepts it with backend="onnx" only.
     return "sentence-transformers", "sequence-classification cross-encoder"
 
@@ -38,11 +45,15 @@ def backend_class(name: str) -> type[BackendBase]:
         from rerank_plugins.backends.flag import FlagBackend
 
         return FlagBackend
+    if name == "decoder":
+        from rerank_plugins.backends.decoder import DecoderBackend
+
+        return DecoderBackend
     if name == "onnx":
         from rerank_plugins.backends.onnx import OnnxBackend
 
         return OnnxBackend
-    msg = f"unknown backend {name!r}; expected sentence-transformers, flag or onnx."
+    msg = f"unknown backend {name!r}; expected sentence-transformers, flag, onnx or decoder."
     raise ValueError(msg)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -303,6 +303,16 @@ class TorchClassifier:
         }
 
 
+class StreamRunner(Protocol):
+    """What `TorchBackendBase` needs of the object running its passes to offer CPU streams."""
+
+    cpu_threads: int | None
+
+    def bind_thread(self, threads: int) -> None:
+        """Run this thread's forward passes on ``threads`` intra-op threads."""
+        ...
+
+
 class TorchBackendBase(BackendBase):
     """What the torch backends share: torch's ``auto`` device, and CPU streams via their runner.
 
@@ -311,7 +321,7 @@ class TorchBackendBase(BackendBase):
     time.
     """
 
-    runner: TorchClassifier | None
+    runner: StreamRunner | None
 
     @classmethod
     def resolve_device(cls, device: str) -> str:

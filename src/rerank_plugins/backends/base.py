@@ -50,6 +50,11 @@ class Backend(Protocol):
         """Intra-op threads of one CPU forward pass; None where passes can't run side by side."""
         ...
 
+    @property
+    def supports_instructions(self) -> bool:
+        """Whether `encode` takes ``instruction=`` (instruction-aware decoder rerankers)."""
+        ...
+
     def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
         """Tokenize and truncate each (query, text) pair."""
         ...
@@ -82,6 +87,8 @@ class BackendBase(ABC):
     modes) sets ``supports_windows`` and implements `encode_windows`. One whose forward passes
     can run side by side on the CPU sets ``cpu_threads`` (the intra-op threads of one pass)
     and implements `bind_thread`, which the engine calls once in each of its forward threads.
+    A backend whose model reads a task instruction sets ``supports_instructions``; its `encode`
+    then takes an ``instruction`` keyword (None: the model's default).
     The engine reads these declarations when it is built; it never probes for methods.
 
     Examples:
@@ -96,13 +103,14 @@ class BackendBase(ABC):
         ...     def close(self):
         ...         pass
         >>> backend = Constant()
-        >>> backend.supports_windows, backend.cpu_threads
-        (False, None)
+        >>> backend.supports_windows, backend.supports_instructions, backend.cpu_threads
+        (False, False, None)
         >>> isinstance(backend, Backend)
         True
     """
 
     supports_windows: bool = False
+    supports_instructions: bool = False
     name: str
     device: str
     precision: str
