@@ -14,7 +14,13 @@ from typing_extensions import Self
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.contract import Scorer, check_scorer
 from rerank_plugins.registry import get_engine
-from rerank_plugins.results import RerankResult, check_query, check_threshold, check_top_n
+from rerank_plugins.results import (
+    RerankResult,
+    check_instruction,
+    check_query,
+    check_threshold,
+    check_top_n,
+)
 
 logger = logging.getLogger("rerank_plugins")
 
@@ -66,6 +72,10 @@ class AdapterSettings(BaseModel):
     timeout: float | None = None
     """Seconds to wait for the engine at most (None: no bound); a timeout is a failure in the
     sense of ``on_error``."""
+    instruction: str | None = None
+    """The task, for instruction-aware (decoder) rerankers such as Qwen3-Reranker, e.g. "Given
+    a code question, retrieve snippets that answer it" (None: the model's default). An encoder
+    cross-encoder takes none: setting one raises ``ValueError`` on the first call."""
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -110,6 +120,11 @@ class AdapterSettings(BaseModel):
     def _check_top_n(cls, value: Any) -> int | None:
         return check_top_n(value, allow_none=False)
 
+    @field_validator("instruction", mode="before")
+    @classmethod
+    def _check_instruction(cls, value: Any) -> str | None:
+        return check_instruction(value)
+
     @field_validator("score_threshold", mode="before")
     @classmethod
     def _check_score_threshold(cls, value: Any) -> float | None:
@@ -128,7 +143,7 @@ class AdapterSettings(BaseModel):
             return []
         try:
             results = self.engine.rerank(
-                query, texts, self.top_n, self.score_threshold, **self._wait()
+                query, texts, self.top_n, self.score_threshold, **self._call_options()
             )
         except (TypeError, ValueError):
             raise
@@ -146,7 +161,7 @@ class AdapterSettings(BaseModel):
             return []
         try:
             results = await self.engine.arerank(
-                query, texts, self.top_n, self.score_threshold, **self._wait()
+                query, texts, self.top_n, self.score_threshold, **self._call_options()
             )
         except (TypeError, ValueError):
             raise
@@ -154,8 +169,13 @@ class AdapterSettings(BaseModel):
             return self._passthrough(items, exc)
         return _attach(items, results)
 
-    def _wait(self) -> dict[str, float]:
-        return {} if self.timeout is None else {"timeout": self.timeout}
+    def _call_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.timeout is not None:
+            options["timeout"] = self.timeout
+        if self.instruction is not None:
+            options["instruction"] = self.instruction
+        return options
 
     def _passthrough(self, items: Sequence[T], exc: Exception) -> list[tuple[T, float | None]]:
         if self.on_error != "passthrough":

@@ -65,11 +65,15 @@ class Scorer(Protocol):
     (``closed``, ``close``): callers use these members directly and never probe for them.
     """
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        """Scores in the order of ``texts``."""
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Scores in the order of ``texts``; ``instruction`` for instruction-aware models."""
         ...
 
-    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
         """Scores in the order of ``texts``, without blocking the event loop."""
         ...
 
@@ -81,6 +85,7 @@ class Scorer(Protocol):
         score_threshold: float | None = None,
         *,
         timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Results best first, thresholded, then cut to ``top_n``."""
         ...
@@ -93,6 +98,7 @@ class Scorer(Protocol):
         score_threshold: float | None = None,
         *,
         timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Async `rerank`."""
         ...

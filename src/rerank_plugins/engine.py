@@ -553,9 +553,7 @@ class RerankEngine:
             if stop:
                 return
 
-    def _encode(
-        self, query: str, texts: list[str], instruction: str | None
-    ) -> list[list[Encoded]]:
+    def _encode(self, query: str, texts: list[str], instruction: str | None) -> list[list[Encoded]]:
         """One list of windows per text.
 
         A single (maybe truncated) pair, unless a passage mode asks for every window.

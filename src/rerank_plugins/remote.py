@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from rerank_plugins._imports import require
 from rerank_plugins.errors import RerankError
-from rerank_plugins.results import RerankResult, check_query, check_texts, select
+from rerank_plugins.results import (
+    RerankResult,
+    check_instruction,
+    check_query,
+    check_texts,
+    select,
+)
 
 __all__ = ["APIS", "RemoteEngine", "RemoteError", "RemoteInfo"]
 
@@ -190,7 +196,12 @@ class RemoteEngine:
     # ------------------------------------------------------------------ scorer interface
 
     def score(
-        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[float]:
         """Score each text against ``query`` on the server.
 
@@ -199,6 +210,8 @@ class RemoteEngine:
             texts: Documents; an empty list returns ``[]`` without a request.
             timeout: Seconds this call may take at most, retries included (None: only the
                 per-attempt ``timeout`` of the engine applies).
+            instruction: The task, for an instruction-aware model (sent as the request's
+                ``instruction`` field, which a rerank-plugins server reads).
 
         Returns:
             One ``float`` per text, in the order of ``texts``.
@@ -214,23 +227,33 @@ class RemoteEngine:
             [0.98, 0.01]
         """
         query, texts = self._check(query, texts)
+        instruction = check_instruction(instruction)
         deadline = _deadline(timeout)
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            scores += self._post(query, texts[start : start + self.batch_size], deadline)
+            chunk = texts[start : start + self.batch_size]
+            scores += self._post(query, chunk, deadline, instruction)
         return scores
 
     async def ascore(
-        self, query: str, texts: Sequence[str], *, timeout: float | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[float]:
         """Async `score`: requests for the chunks of a long list run concurrently."""
         query, texts = self._check(query, texts)
+        instruction = check_instruction(instruction)
         deadline = _deadline(timeout)
         chunks = [
             texts[start : start + self.batch_size]
             for start in range(0, len(texts), self.batch_size)
         ]
-        parts = await asyncio.gather(*(self._apost(query, c, deadline) for c in chunks))
+        parts = await asyncio.gather(
+            *(self._apost(query, c, deadline, instruction) for c in chunks)
+        )
         return [s for part in parts for s in part]
 
     def rerank(
@@ -241,6 +264,7 @@ class RemoteEngine:
         score_threshold: float | None = None,
         *,
         timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Score and rank: threshold first, then best first (ties keep input order), then top-n.
 
@@ -250,13 +274,14 @@ class RemoteEngine:
             top_n: Keep at most this many (None: all).
             score_threshold: Drop results scoring below this, before the top-n cut.
             timeout: Seconds this call may take at most, retries included.
+            instruction: The task, for an instruction-aware model (see `score`).
 
         Returns:
             `RerankResult` s, best first.
         """
         select([], top_n, score_threshold)  # validate before paying for a request
         texts = check_texts(texts)
-        scores = self.score(query, texts, timeout=timeout)
+        scores = self.score(query, texts, timeout=timeout, instruction=instruction)
         return _results(scores, texts, top_n, score_threshold)
 
     async def arerank(
@@ -267,11 +292,12 @@ class RemoteEngine:
         score_threshold: float | None = None,
         *,
         timeout: float | None = None,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
         """Async `rerank`."""
         select([], top_n, score_threshold)
         texts = check_texts(texts)
-        scores = await self.ascore(query, texts, timeout=timeout)
+        scores = await self.ascore(query, texts, timeout=timeout, instruction=instruction)
         return _results(scores, texts, top_n, score_threshold)
 
     def stats(self) -> dict[str, int]:
@@ -371,7 +397,8 @@ class RemoteEngine:
                 self._aclients[loop] = client
             return client
 
-    def _payload(self, query: str, texts: list[str]) -> dict[str, Any]:
+    def _payload(self, query: str, texts: list[str], instruction: str | None) -> dict[str, Any]:
+        payload: dict[str, Any] = {} if instruction is None else {"instruction": instruction}
         if self.api == "tei":
             return {
                 "query": query,
@@ -379,8 +406,10 @@ class RemoteEngine:
                 "truncate": self.truncate,
                 "raw_scores": self.raw_scores,
                 "return_text": False,
+                **payload,
             }
-        payload: dict[str, Any] = {
+        payload = {
+            **payload,
             "query": query,
             "documents": texts,
             "top_n": len(texts),
@@ -392,9 +421,15 @@ class RemoteEngine:
             payload["model"] = self.model
         return payload
 
-    def _post(self, query: str, texts: list[str], deadline: float | None = None) -> list[float]:
+    def _post(
+        self,
+        query: str,
+        texts: list[str],
+        deadline: float | None = None,
+        instruction: str | None = None,
+    ) -> list[float]:
         client = self._sync_client()
-        payload = self._payload(query, texts)
+        payload = self._payload(query, texts, instruction)
         attempt = 0
         while True:
             try:
@@ -412,10 +447,14 @@ class RemoteEngine:
             attempt += 1
 
     async def _apost(
-        self, query: str, texts: list[str], deadline: float | None = None
+        self,
+        query: str,
+        texts: list[str],
+        deadline: float | None = None,
+        instruction: str | None = None,
     ) -> list[float]:
         client = self._async_client()
-        payload = self._payload(query, texts)
+        payload = self._payload(query, texts, instruction)
         attempt = 0
         while True:
             try:

@@ -22,10 +22,13 @@ __all__ = [
     "token_id",
 ]
 
+
 @dataclass(frozen=True)
 class Tokens:
-    """The vocabulary rows a score is read from: ``logit(true) - logit(false)``, or
-    ``logit(true)`` alone where ``false`` is None."""
+    """The vocabulary rows a score is read from.
+
+    The score is ``logit(true) - logit(false)``, or ``logit(true)`` alone where ``false`` is None.
+    """
 
     true: int
     false: int | None
@@ -37,7 +40,11 @@ class DecoderFormat(Protocol):
     name: str
     tokens: Tokens
     max_length: int
-    default_instruction: str | None
+
+    @property
+    def default_instruction(self) -> str | None:
+        """The instruction used when a call gives none (None: the model has no slot for one)."""
+        ...
 
     def encode(
         self, query: str, texts: Sequence[str], instruction: str | None
@@ -67,13 +74,13 @@ class FlagLLMFormat:
 
     Token for token as FlagEmbedding 1.4 builds it: the query (prefixed ``"A: "``) cut at
     3/4 of ``max_length``, the passage (prefixed ``"B: "``) at ``max_length``, a bos token
-    where the tokenizer has one distinct from padding, ``"\\n"`` between the parts, and the
+    where the tokenizer has one distinct from padding, a newline between the parts, and the
     passage cut again so the pair fits ``max_length`` plus the separators and prompt. The
     instruction replaces FlagEmbedding's default prompt (its ``prompt=`` argument).
     """
 
     name = "flag-llm"
-    default_instruction: str | None = (
+    default_instruction: str = (
         "Given a query A and a passage B, determine whether the passage contains an answer to "
         "the query by providing a prediction of either 'Yes' or 'No'."
     )
@@ -127,7 +134,7 @@ class Qwen3Format:
     """
 
     name = "qwen3"
-    default_instruction: str | None = (
+    default_instruction: str = (
         "Given a web search query, retrieve relevant passages that answer the query"
     )
     prefix = (
@@ -147,7 +154,10 @@ class Qwen3Format:
         self.suffix_ids = _ids(tokenizer, self.suffix, add_special_tokens=False)
         self.budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
         if self.budget < 16:
-            msg = f"max_length={max_length} leaves no room for text after Qwen3's prompt; pass more."
+            msg = (
+                f"max_length={max_length} leaves no room for text after Qwen3's prompt; "
+                "pass a larger one."
+            )
             raise ValueError(msg)
 
     def encode(

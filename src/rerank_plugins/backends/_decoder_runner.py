@@ -133,7 +133,9 @@ class DecoderRunner:
                 self.tokens_run += sum(len(r) for r in rows)
         return self._scores(hidden)
 
-    def _run(self, rows: Sequence[Sequence[int]], kv: list[tuple[Any, Any]] | None, past: int) -> Any:
+    def _run(
+        self, rows: Sequence[Sequence[int]], kv: list[tuple[Any, Any]] | None, past: int
+    ) -> Any:
         """Last real hidden state of each row (or full logits where the head is not ours)."""
         torch = self.torch
         n, width = len(rows), max(len(r) for r in rows)
@@ -266,7 +268,8 @@ class DecoderRunner:
 def _close(got: list[float] | None, expected: list[float]) -> bool:
     if got is None:
         return False
-    return all(abs(a - b) <= _CHECK_TOLERANCE * max(1.0, abs(b)) for a, b in zip(got, expected, strict=True))
+    pairs = zip(got, expected, strict=True)
+    return all(abs(a - b) <= _CHECK_TOLERANCE * max(1.0, abs(b)) for a, b in pairs)
 
 
 def _diff(got: list[float] | None, expected: list[float]) -> str:

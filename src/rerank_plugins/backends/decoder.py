@@ -91,7 +91,7 @@ def choose_protocol(model: str, requested: str, config: dict[str, Any]) -> tuple
     if model_type == "qwen3":
         return "qwen3", "Qwen3 causal LM: the Qwen3-Reranker model card's format"
     if model_type == "gemma" or "bge-reranker" in name:
-        return "flag-llm", "BGE LLM reranker layout (bge-reranker-v2-gemma): FlagLLMReranker's format"
+        return "flag-llm", "BGE LLM reranker (bge-reranker-v2-gemma): FlagLLMReranker's format"
     msg = (
         f"cannot tell which reranking protocol {model!r} ({architectures or model_type}) was "
         "trained for; pass decoder_protocol='flag-llm' (FlagEmbedding LLM rerankers), 'qwen3' "
@@ -242,4 +242,3 @@ def _hub_config(transformers: Any, config: EngineConfig) -> dict[str, Any]:
         raise ModelLoadError(msg) from exc
     data: dict[str, Any] = loaded.to_dict()
     return data
-

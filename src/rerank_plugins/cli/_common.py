@@ -14,6 +14,7 @@ __all__ = [
     "ArgumentParser",
     "CliError",
     "add_engine_arguments",
+    "add_instruction_argument",
     "boxed",
     "engine_options",
     "err",
@@ -138,7 +139,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         >>> options["precision"], options["max_length"], options["long_documents"]
         ('fp32', 9, 'truncate')
     """
-    from rerank_plugins.config import BACKENDS, DEVICES, PRECISIONS
+    from rerank_plugins.config import BACKENDS, DECODER_PROTOCOLS, DEVICES, PRECISIONS
     from rerank_plugins.windows import LONG_DOCUMENT_MODES
 
     group = parser.add_argument_group("engine options")
@@ -159,6 +160,22 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=LONG_DOCUMENT_MODES,
         help="how documents longer than max_length are scored (default: truncate)",
     )
+    group.add_argument(
+        "--decoder-protocol",
+        default="auto",
+        choices=DECODER_PROTOCOLS,
+        help="how a decoder (LLM) reranker reads a pair (default: auto, detected)",
+    )
+
+
+def add_instruction_argument(parser: argparse.ArgumentParser) -> None:
+    """``--instruction``: the task for instruction-aware (decoder) rerankers."""
+    parser.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="the task, for instruction-aware rerankers such as Qwen3-Reranker "
+        "(default: the model's own)",
+    )
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,6 +186,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "precision": args.precision,
         "long_documents": args.long_documents,
     }
+    if args.decoder_protocol != "auto":
+        options["decoder_protocol"] = args.decoder_protocol
     if args.max_length is not None:
         options["max_length"] = args.max_length
     return options

@@ -11,6 +11,7 @@ from typing import Any
 from rerank_plugins.cli._common import (
     CliError,
     add_engine_arguments,
+    add_instruction_argument,
     engine_options,
     err,
     out,
@@ -46,6 +47,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--output", "-o", metavar="FILE", help="write the JSON results here")
     parser.add_argument("--plot", metavar="PNG", help="per-query nDCG@10 before vs after")
     parser.add_argument("--per-query", action="store_true", help="include per-query metrics")
+    add_instruction_argument(parser)
     add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         per_query=args.per_query or bool(args.plot),
         progress=progress,
+        instruction=args.instruction,
     )
     bar.close()
     rows = [

@@ -11,6 +11,7 @@ from typing import Any
 from rerank_plugins.cli._common import (
     CliError,
     add_engine_arguments,
+    add_instruction_argument,
     engine_options,
     err,
     out,
@@ -68,6 +69,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list of {index, score, text}"
     )
+    add_instruction_argument(parser)
     add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         err(f"notice: {UNTRAINED_HEAD_NOTICE}")
 
     start = time.perf_counter()
-    scores = _score(engine, args.query, texts)
+    scores = _score(engine, args.query, texts, args.instruction)
     elapsed_ms = (time.perf_counter() - start) * 1000
     order = select(scores, top_n=args.top_n, score_threshold=args.min_score)
 
@@ -188,7 +190,7 @@ def read_documents(raw: str, source: str = "input", *, text_field: str = "text")
     return texts
 
 
-def _score(engine: Any, query: str, texts: list[str]) -> list[float]:
+def _score(engine: Any, query: str, texts: list[str], instruction: str | None) -> list[float]:
     from tqdm.auto import tqdm
 
     scores: list[float] = []
@@ -201,6 +203,6 @@ def _score(engine: Any, query: str, texts: list[str]) -> list[float]:
     ) as bar:
         for start in range(0, len(texts), _CHUNK):
             chunk = texts[start : start + _CHUNK]
-            scores.extend(engine.score(query, chunk))
+            scores.extend(engine.score(query, chunk, instruction=instruction))
             bar.update(len(chunk))
     return scores

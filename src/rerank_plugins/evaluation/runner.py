@@ -70,6 +70,7 @@ def evaluate(
     candidates: int = 100,
     per_query: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    instruction: str | None = None,
 ) -> EvalReport:
     """Rerank each judged query's first-stage candidates and score both rankings.
 
@@ -81,6 +82,7 @@ def evaluate(
         candidates: How many first-stage documents to rerank per query.
         per_query: Keep per-query metrics in the report.
         progress: Called with (done, total) after each query.
+        instruction: The task, for instruction-aware rerankers (None: the model's default).
 
     Returns:
         The report.
@@ -110,7 +112,8 @@ def evaluate(
             raise ValueError(msg)
         before[qid] = ranking
         start = time.perf_counter()
-        results = engine.rerank(query, [data.corpus[d] for d in ranking]) if ranking else []
+        texts = [data.corpus[d] for d in ranking]
+        results = engine.rerank(query, texts, instruction=instruction) if ranking else []
         elapsed = time.perf_counter() - start
         latencies.append(elapsed * 1000)
         rerank_seconds += elapsed

@@ -234,7 +234,9 @@ def _decode(body: bytes) -> object:
 
 async def _score(engine: Scorer, call: RerankCall, *, normalized: bool, model: str) -> Any:
     try:
-        results = await engine.arerank(call.query, call.texts, top_n=call.top_n)
+        results = await engine.arerank(
+            call.query, call.texts, top_n=call.top_n, instruction=call.instruction
+        )
     except EngineClosedError:
         raise ApiError(503, "unhealthy", "the engine is closed; restart the server.") from None
     except BackendError as exc:

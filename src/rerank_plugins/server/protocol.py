@@ -104,6 +104,8 @@ class RerankCall:
         return_text: Echo each text (TEI ``return_text``, Cohere ``return_documents``).
         truncate: Whether over-long texts may be cut (``False``: they are an error).
         top_n: Answer only the best ``top_n`` (None: all).
+        instruction: The task for an instruction-aware model (the request's ``instruction``
+            field, in either shape; None: the model's default).
     """
 
     api: Api
@@ -114,6 +116,7 @@ class RerankCall:
     return_text: bool = False
     truncate: bool = True
     top_n: int | None = None
+    instruction: str | None = None
 
 
 def parse_request(payload: object, limits: Limits) -> RerankCall:
@@ -179,6 +182,7 @@ def parse_request(payload: object, limits: Limits) -> RerankCall:
         return_text=return_text,
         truncate=_flag(payload, "truncate", True),
         top_n=_top_n(payload.get("top_n")),
+        instruction=_instruction(payload.get("instruction"), limits),
     )
 
 
@@ -278,6 +282,16 @@ def _query(value: object, limits: Limits) -> str:
         )
         raise ApiError(413, "validation", msg)
     return value
+
+
+def _instruction(value: object, limits: Limits) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        msg = f"'instruction' must be a string, got a JSON {_json_type(value)}."
+        raise _invalid(msg)
+    _check_size(value, "the instruction", limits)
+    return value if value.strip() else None
 
 
 def _check_count(n: int, field: str, limits: Limits) -> None:
