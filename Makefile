@@ -12,7 +12,8 @@ export TOKENIZERS_PARALLELISM ?= false
 # sentence-transformers internals (scores, backends, the speed-ups) and both adapters.
 OLDEST_TESTS := tests/test_engine_fidelity.py tests/test_first_token.py tests/test_onnx.py \
 	tests/test_long_documents.py tests/test_adapters_shared.py tests/test_langchain.py \
-	tests/test_llama_index.py tests/test_hostile_input.py tests/test_fallback.py
+	tests/test_llama_index.py tests/test_hostile_input.py tests/test_fallback.py \
+	tests/test_decoders.py
 
 .PHONY: setup setup-oldest demo test test-fast test-oldest lint typecheck unit docs package bench clean
 

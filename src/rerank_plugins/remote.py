@@ -397,7 +397,9 @@ class RemoteEngine:
                 self._aclients[loop] = client
             return client
 
-    def _payload(self, query: str, texts: list[str], instruction: str | None) -> dict[str, Any]:
+    def _payload(
+        self, query: str, texts: list[str], instruction: str | None = None
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {} if instruction is None else {"instruction": instruction}
         if self.api == "tei":
             return {
