@@ -15,6 +15,24 @@ from tests._models import SENTENCES, WORDS, random_text
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
+QWEN3_RERANKER_TEMPLATE = (
+    '{%- set ns = namespace(instruct="Given a web search query, retrieve relevant passages that '
+    'answer the query", query="", document="") -%}'
+    "{%- for m in messages -%}"
+    "{%- set text = m.content if m.content is string else m.content[0].text -%}"
+    '{%- if m.role == "system" -%}{%- set ns.instruct = text -%}'
+    '{%- elif m.role == "query" -%}{%- set ns.query = text -%}'
+    '{%- elif m.role == "document" -%}{%- set ns.document = text -%}{%- endif -%}'
+    "{%- endfor -%}"
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n<Instruct>: {{ ns.instruct }}\n<Query>: {{ ns.query }}\n<Document>: "
+    "{{ ns.document }}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+"""A chat template laying out Qwen3-Reranker's format from sentence-transformers' pair messages
+(roles ``query`` and ``document``; a prompt arrives as the ``system`` message): how a
+CrossEncoder folder of Qwen3-Reranker carries its format."""
+
 _FORMAT_TEXT = [
     "Judge whether the Document meets the requirements based on the Query and the Instruct "
     'provided. Note that the answer can only be "yes" or "no".',
@@ -92,14 +110,20 @@ def _spread_scoring_rows(model, tokenizer, true: str, false: str, seed: int) -> 
         head[f] = -direction * scale
 
 
-def build_qwen3(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer Qwen3 causal LM with Qwen3-Reranker's special tokens (no sentence-transformers files)."""
+def build_qwen3(folder: Path, seed: int = 0, *, chat_template: bool = False) -> Path:
+    """A 2-layer Qwen3 causal LM with Qwen3-Reranker's special tokens (no sentence-transformers files).
+
+    With ``chat_template``, its tokenizer carries `QWEN3_RERANKER_TEMPLATE`.
+    """
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tok = build_bpe_tokenizer(
         folder, QWEN_SPECIALS, seed=seed, pad_token="<|endoftext|>", eos_token="<|im_end|>"
     )
+    if chat_template:
+        tok.chat_template = QWEN3_RERANKER_TEMPLATE
+        tok.save_pretrained(folder)
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=len(tok),

@@ -50,6 +50,13 @@ def qwen3_st_path(qwen3_path: str, tmp_path_factory: pytest.TempPathFactory) -> 
     return str(save_as_cross_encoder(Path(qwen3_path), tmp_path_factory.mktemp("tiny-qwen3-st")))
 
 
+@pytest.fixture(scope="session")
+def qwen3_template_st_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Qwen3-Reranker as a CrossEncoder folder whose chat template lays out the format."""
+    source = build_qwen3(tmp_path_factory.mktemp("tiny-qwen3-template"), chat_template=True)
+    return str(save_as_cross_encoder(source, tmp_path_factory.mktemp("tiny-qwen3-template-st")))
+
+
 @pytest.fixture(scope="module")
 def gemma_engine(gemma_path: str):
     with RerankEngine(gemma_path, device="cpu", cache_size=0) as engine:
@@ -256,6 +263,24 @@ def test_cross_encoder_folder_scores_as_cross_encoder_predict(qwen3_st_engine, q
     assert np.abs(with_prompt - reference.predict(pairs, prompt=INSTRUCTION)).max() < PARITY
 
 
+def test_a_cross_encoder_chat_template_and_its_prompt_apply_as_in_predict(
+    qwen3_template_st_path, docs
+):
+    from sentence_transformers import CrossEncoder
+
+    pairs = [(QUERY, d) for d in docs]
+    reference = CrossEncoder(qwen3_template_st_path, device="cpu")
+    with RerankEngine(qwen3_template_st_path, device="cpu", cache_size=0) as engine:
+        ours = np.asarray(engine.score(QUERY, docs))
+        instructed = np.asarray(engine.score(QUERY, docs, instruction=INSTRUCTION))
+        prefix, _ = engine.backend.encode(QUERY, docs[:1])[0].payload
+    assert_spread(ours)
+    assert np.abs(ours - reference.predict(pairs)).max() < PARITY
+    assert np.abs(instructed - reference.predict(pairs, prompt=INSTRUCTION)).max() < PARITY
+    rendered = reference.tokenizer.decode(list(prefix))
+    assert rendered.startswith("<|im_start|>system") and "<Query>: " + QUERY in rendered
+
+
 def test_qwen3_protocol_scores_as_the_model_card(qwen3_engine, qwen3_path, docs):
     pairs = [(QUERY, d) for d in docs]
     ours = np.asarray(qwen3_engine.score(QUERY, docs))
@@ -298,7 +323,7 @@ def test_decoder_tokens_choose_the_rows_the_score_reads(qwen3_path, docs):
 # -- exact and batch-independent --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["gemma", "qwen3", "qwen3_st"])
+@pytest.mark.parametrize("family", ["gemma", "qwen3", "qwen3_st", "qwen3_template_st"])
 def test_a_documents_score_does_not_depend_on_its_batch(family, request, docs):
     path = request.getfixturevalue(f"{family}_path")
     with RerankEngine(path, device="cpu", cache_size=0, streams=1) as engine:
