@@ -14,6 +14,9 @@ interleaved, each call timed on its own, and the table gives medians, the speed-
 probability difference from the reference, the tokens our prefix reuse skipped, and the share
 of FLOPs the reference spent in the LM head.
 
+``--steps`` times our engine alone with its shortcuts switched on one at a time (the full LM
+head at every position, then two rows at the last position, then the shared prefix run once).
+
 Run: ``python benchmarks/decoders.py`` (defaults: Qwen3 at depth and vocabulary / 4, Gemma at
 / 9, three repeats), or ``python benchmarks/decoders.py --models qwen3 --shapes 1x20
 --qwen3-scale 7 --repeats 1`` to smoke.
@@ -212,6 +215,47 @@ def run_model(kind: str, args: argparse.Namespace, root: Path) -> list[dict[str,
     return rows
 
 
+def run_steps(kind: str, args: argparse.Namespace, root: Path) -> None:
+    """Our engine with its two shortcuts switched on one at a time: what each step buys."""
+    from rerank_plugins import RerankEngine
+
+    folder, st_folder, _ = build(kind, getattr(args, f"{kind}_scale"), root)
+    # Qwen3 as its CrossEncoder folder (its chat template: a long shared prompt), Gemma as
+    # bge-reranker-v2-gemma is run (FlagLLMReranker's layout: a short one).
+    if kind == "qwen3":
+        engine = RerankEngine(str(st_folder), device="cpu", cache_size=0)
+    else:
+        engine = RerankEngine(str(folder), device="cpu", cache_size=0, decoder_protocol="flag-llm")
+    runner: Any = getattr(engine.backend, "runner")  # noqa: B009 (decoder backend only)
+    steps = [
+        ("engine batching, full LM head", False, False),
+        ("+ LM head: 2 rows, last position", True, False),
+        ("+ shared prefix run once", True, True),
+    ]
+    for shape in args.shapes:
+        n = int(shape.split("x")[1])
+        query, docs = documents(runner_tokenizer(engine), n, seed=n)
+        engine.score(query, docs[:4])
+        times: dict[str, list[float]] = {name: [] for name, _, _ in steps}
+        for _ in range(args.repeats):
+            for name, head, reuse in steps:
+                runner.native_head, runner.prefix_reuse = head, reuse
+                start = time.perf_counter()
+                engine.score(query, docs)
+                times[name].append(time.perf_counter() - start)
+        base = statistics.median(times[steps[0][0]])
+        for name, _, _ in steps:
+            t = statistics.median(times[name])
+            protocol = engine.info.details["protocol"]
+            row = f"| {kind} ({protocol}) | {shape} | {name} | {t:.2f} s | {base / t:.2f}x |"
+            print(row, flush=True)
+    engine.close()
+
+
+def runner_tokenizer(engine: Any) -> Any:
+    return engine.backend.format.tokenizer
+
+
 def _line(row: dict[str, Any]) -> str:
     head = f"{row['head_share']:.0%}" if row["head_share"] else "- (last position only)"
     return (
@@ -228,6 +272,9 @@ def main() -> None:
     parser.add_argument("--qwen3-scale", type=int, default=4, help="Qwen3: depth, vocab / this")
     parser.add_argument("--gemma-scale", type=int, default=9, help="Gemma: depth, vocab / this")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--steps", action="store_true", help="time each shortcut of ours on its own instead"
+    )
     args = parser.parse_args()
     args.shapes = args.shapes.split(",")
     info = machine_info()
@@ -236,14 +283,21 @@ def main() -> None:
         f"scale: depth and vocabulary / {args.qwen3_scale} (Qwen3-0.6B), / {args.gemma_scale} "
         f"(Gemma-2B); documents ~{DOC_TOKENS} tokens"
     )
-    print(
-        "| model | shape | reference | reference | ours | speed-up | max prob diff | "
-        "tokens/pair | prefix reused | reference's LM-head FLOPs |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if args.steps:
+        print("| model (protocol) | shape | ours | median | vs the first row |")
+        print("|---|---|---|---|---|")
+    else:
+        print(
+            "| model | shape | reference | reference | ours | speed-up | max prob diff | "
+            "tokens/pair | prefix reused | reference's LM-head FLOPs |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.models.split(","):
-            run_model(kind, args, Path(tmp))
+            if args.steps:
+                run_steps(kind, args, Path(tmp))
+            else:
+                run_model(kind, args, Path(tmp))
 
 
 if __name__ == "__main__":

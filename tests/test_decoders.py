@@ -8,14 +8,12 @@ References run in the same process on the same weights: ``FlagLLMReranker.comput
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rerank_plugins import RerankEngine
 from rerank_plugins.backends.decoder import choose_protocol
-from tests._decoders import build_gemma, build_llama, build_qwen3, save_as_cross_encoder
 from tests._models import SENTENCES, random_text
 
 PARITY = 1e-5  # on probabilities; the issue asks for 1e-4
@@ -28,33 +26,6 @@ INSTRUCTION = "Given a question about machine learning, find passages that defin
 def docs() -> list[str]:
     rng = random.Random(7)
     return SENTENCES[:6] + [random_text(rng, rng.randint(2, 90)) for _ in range(14)]
-
-
-@pytest.fixture(scope="session")
-def qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_qwen3(tmp_path_factory.mktemp("tiny-qwen3")))
-
-
-@pytest.fixture(scope="session")
-def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_gemma(tmp_path_factory.mktemp("tiny-gemma")))
-
-
-@pytest.fixture(scope="session")
-def llama_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_llama(tmp_path_factory.mktemp("tiny-llama")))
-
-
-@pytest.fixture(scope="session")
-def qwen3_st_path(qwen3_path: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_as_cross_encoder(Path(qwen3_path), tmp_path_factory.mktemp("tiny-qwen3-st")))
-
-
-@pytest.fixture(scope="session")
-def qwen3_template_st_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Qwen3-Reranker as a CrossEncoder folder whose chat template lays out the format."""
-    source = build_qwen3(tmp_path_factory.mktemp("tiny-qwen3-template"), chat_template=True)
-    return str(save_as_cross_encoder(source, tmp_path_factory.mktemp("tiny-qwen3-template-st")))
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +250,21 @@ def test_a_cross_encoder_chat_template_and_its_prompt_apply_as_in_predict(
     assert np.abs(instructed - reference.predict(pairs, prompt=INSTRUCTION)).max() < PARITY
     rendered = reference.tokenizer.decode(list(prefix))
     assert rendered.startswith("<|im_start|>system") and "<Query>: " + QUERY in rendered
+
+
+def test_a_cross_encoder_folder_truncates_as_predict(qwen3_template_st_path, docs):
+    from sentence_transformers import CrossEncoder
+
+    long_docs = [d + " " + random_text(random.Random(i), 120) for i, d in enumerate(docs[:6])]
+    pairs = [(QUERY, d) for d in long_docs]
+    reference = CrossEncoder(qwen3_template_st_path, device="cpu", max_length=128)
+    with RerankEngine(qwen3_template_st_path, device="cpu", max_length=128) as engine:
+        ours = np.asarray(engine.score(QUERY, long_docs))
+        results = engine.rerank(QUERY, long_docs)
+        lengths = [e.length for e in engine.backend.encode(QUERY, long_docs)]
+    assert all(r.truncated for r in results)
+    assert max(lengths) == 128
+    assert np.abs(ours - reference.predict(pairs)).max() < PARITY
 
 
 def test_qwen3_protocol_scores_as_the_model_card(qwen3_engine, qwen3_path, docs):

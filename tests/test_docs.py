@@ -21,7 +21,9 @@ def _blocks() -> list[tuple[str, int, str]]:
 
 
 @pytest.fixture(scope="module")
-def replacements(bert_path: str, xlmr_path: str) -> dict[str, str]:
+def replacements(
+    bert_path: str, xlmr_path: str, qwen3_path: str, gemma_path: str
+) -> dict[str, str]:
     from rerank_plugins.models.offline import bi_encoder_path
 
     return {
@@ -29,6 +31,8 @@ def replacements(bert_path: str, xlmr_path: str) -> dict[str, str]:
         "cross-encoder/ms-marco-MiniLM-L-12-v2": bert_path,
         "BAAI/bge-reranker-v2-m3": xlmr_path,
         "BAAI/bge-reranker-base": xlmr_path,
+        "Qwen/Qwen3-Reranker-0.6B": qwen3_path,
+        "BAAI/bge-reranker-v2-gemma": gemma_path,
         "sentence-transformers/all-MiniLM-L6-v2": str(bi_encoder_path()),
     }
 

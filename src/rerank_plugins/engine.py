@@ -193,7 +193,8 @@ class RerankEngine:
             msg = (
                 f"long_documents={config.long_documents!r} needs a backend that can split "
                 f"documents into windows; the {backend.name!r} backend cannot for this model "
-                "(flag: LLM rerankers truncate). Use long_documents='truncate'."
+                "(decoder and FlagEmbedding LLM rerankers truncate, as their references do). Use "
+                "long_documents='truncate'."
             )
             raise ValueError(msg)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()

@@ -317,11 +317,16 @@ def build_deployment(
             texts: list[str],
             top_n: int | None = None,
             score_threshold: float | None = None,
+            instruction: str | None = None,
         ) -> list[RerankResult]:
-            return await self.engine.arerank(query, texts, top_n, score_threshold)
+            return await self.engine.arerank(
+                query, texts, top_n, score_threshold, instruction=instruction
+            )
 
-        async def score(self, query: str, texts: list[str]) -> list[float]:
-            return await self.engine.ascore(query, texts)
+        async def score(
+            self, query: str, texts: list[str], instruction: str | None = None
+        ) -> list[float]:
+            return await self.engine.ascore(query, texts, instruction=instruction)
 
     RerankDeployment.__name__ = RerankDeployment.__qualname__ = name
     options: dict[str, Any] = {"name": name}

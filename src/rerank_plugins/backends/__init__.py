@@ -22,13 +22,13 @@ def pick_backend(config: EngineConfig) -> tuple[str, str]:
         return config.backend, "requested"
     from rerank_plugins.backends.decoder import is_causal_lm
 
-    if is_causal_lm(config.model):
+    if is_causal_lm(config.model, config.revision):
         return "decoder", "decoder-only (LLM) reranker"
     if config.decoder_protocol != "auto" or config.decoder_tokens is not None:
         msg = (
             f"decoder_protocol and decoder_tokens apply to decoder (causal LM) rerankers; "
-            f"{config.model!r} is not a local causal LM folder. Pass backend='decoder' for a "
-            "hub id, or drop the options."
+            f"{config.model!r} is not a causal LM. Drop the options, or pass backend='decoder' "
+            "where the model's config cannot be read before loading."
         )
         raise ValueError(msg)
     # precision="int8" never arrives here: EngineConfig accepts it with backend="onnx" only.

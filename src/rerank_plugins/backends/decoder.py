@@ -9,7 +9,6 @@ and runs each request's shared prompt and query once.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from rerank_plugins.backends._torch import resolve_device, resolve_dtype
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.models import model_file
 
 __all__ = ["DecoderBackend", "choose_protocol", "is_causal_lm"]
 
@@ -43,19 +43,22 @@ _DEFAULT_MAX_LENGTH = {"flag-llm": 512, "qwen3": 8192, "sentence-transformers": 
 _PROBE_TEXTS = ("a", "0")
 
 
-def is_causal_lm(model: str) -> bool:
-    """Whether a local model folder holds a decoder-only (``*ForCausalLM``) model."""
-    config = read_config(model) or {}
+def is_causal_lm(model: str, revision: str | None = None) -> bool:
+    """Whether ``model`` (a folder, or a hub id) is a decoder-only (``*ForCausalLM``) model."""
+    config = read_config(model, revision) or {}
     return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
 
 
-def choose_protocol(model: str, requested: str, config: dict[str, Any]) -> tuple[str, str]:
+def choose_protocol(
+    model: str, requested: str, config: dict[str, Any], revision: str | None = None
+) -> tuple[str, str]:
     """The reranking protocol of a causal LM, and why; an error names the options.
 
     Args:
         model: Hub id or local folder.
         requested: The ``decoder_protocol`` option (``"auto"`` to detect).
         config: The model's config.json.
+        revision: The hub revision, where ``model`` is a hub id.
 
     Returns:
         (protocol, reason).
@@ -85,7 +88,7 @@ def choose_protocol(model: str, requested: str, config: dict[str, Any]) -> tuple
         raise ValueError(msg)
     if requested != "auto":
         return requested, "requested (decoder_protocol)"
-    if _has_logit_score(model):
+    if _has_logit_score(model, revision):
         return "sentence-transformers", "sentence-transformers CrossEncoder files (LogitScore)"
     model_type = str(config.get("model_type", ""))
     if model_type == "qwen3":
@@ -100,9 +103,9 @@ def choose_protocol(model: str, requested: str, config: dict[str, Any]) -> tuple
     raise ValueError(msg)
 
 
-def _has_logit_score(model: str) -> bool:
-    path = os.path.join(model, "modules.json")
-    if not os.path.isfile(path):
+def _has_logit_score(model: str, revision: str | None) -> bool:
+    path = model_file(model, "modules.json", revision)
+    if path is None:
         return False
     with open(path, encoding="utf-8") as f:
         modules = json.load(f)
@@ -128,11 +131,11 @@ class DecoderBackend(TorchBackendBase):
         transformers = require("transformers", purpose="the decoder backend")
         self.device = resolve_device(config.device)
         dtype, self.precision = resolve_dtype(config.precision, self.device)
-        hf_config = read_config(config.model)
+        hf_config = read_config(config.model, config.revision)
         if hf_config is None:
             hf_config = _hub_config(transformers, config)
         self.protocol, self.protocol_reason = choose_protocol(
-            config.model, config.decoder_protocol, hf_config
+            config.model, config.decoder_protocol, hf_config, config.revision
         )
         tokens = config.decoder_tokens or _DEFAULT_TOKENS.get(self.protocol, ("yes", "no"))
         cap = _DEFAULT_MAX_LENGTH[self.protocol]
@@ -153,7 +156,8 @@ class DecoderBackend(TorchBackendBase):
                     revision=config.revision,
                 )
                 model, tokenizer = ce.model, ce.tokenizer
-                limit = int(ce.max_length or model_token_limit(tokenizer, model.config))
+                own = getattr(ce, "max_seq_length", None)
+                limit = int(own or model_token_limit(tokenizer, model.config))
                 self.max_length = resolve_max_length(config.max_length, limit, cap=cap)
                 self.format = CrossEncoderFormat(ce, self.max_length)
             else:

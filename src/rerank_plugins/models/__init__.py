@@ -14,7 +14,7 @@ from typing import Any
 
 from rerank_plugins.errors import ModelLoadError
 
-__all__ = ["check_model_reference", "read_config"]
+__all__ = ["check_model_reference", "model_file", "read_config"]
 
 
 def check_model_reference(model: str) -> None:
@@ -38,11 +38,32 @@ def check_model_reference(model: str) -> None:
         raise ModelLoadError(msg)
 
 
-def read_config(model: str) -> dict[str, Any] | None:
-    """The model's config.json as a dict when ``model`` is a local folder, else None."""
-    path = os.path.join(model, "config.json")
-    if not os.path.isfile(path):
+def read_config(model: str, revision: str | None = None) -> dict[str, Any] | None:
+    """The model's config.json as a dict (a local folder, or a hub id through the hub's cache).
+
+    None where there is none, or the hub cannot be reached.
+    """
+    path = model_file(model, "config.json", revision)
+    if path is None:
         return None
     with open(path, encoding="utf-8") as f:
         data: dict[str, Any] = json.load(f)
     return data
+
+
+def model_file(model: str, filename: str, revision: str | None = None) -> str | None:
+    """A local path to ``filename`` of ``model``: in its folder, else from the Hugging Face hub.
+
+    Hub files come through the hub's cache (``HF_HUB_OFFLINE=1`` reads only the cache). None
+    when the model has no such file or the hub cannot be reached; loading the model then says
+    what went wrong.
+    """
+    if os.path.isdir(model):
+        path = os.path.join(model, filename)
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return str(hf_hub_download(model, filename, revision=revision))
+    except Exception:  # not installed, no such repo or file, no network: the loader will say
+        return None
