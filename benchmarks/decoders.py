@@ -217,6 +217,8 @@ def run_model(kind: str, args: argparse.Namespace, root: Path) -> list[dict[str,
 
 def run_steps(kind: str, args: argparse.Namespace, root: Path) -> None:
     """Our engine with its two shortcuts switched on one at a time: what each step buys."""
+    from transformers import AutoTokenizer
+
     from rerank_plugins import RerankEngine
 
     folder, st_folder, _ = build(kind, getattr(args, f"{kind}_scale"), root)
@@ -227,6 +229,7 @@ def run_steps(kind: str, args: argparse.Namespace, root: Path) -> None:
     else:
         engine = RerankEngine(str(folder), device="cpu", cache_size=0, decoder_protocol="flag-llm")
     runner: Any = getattr(engine.backend, "runner")  # noqa: B009 (decoder backend only)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     steps = [
         ("engine batching, full LM head", False, False),
         ("+ LM head: 2 rows, last position", True, False),
@@ -234,7 +237,7 @@ def run_steps(kind: str, args: argparse.Namespace, root: Path) -> None:
     ]
     for shape in args.shapes:
         n = int(shape.split("x")[1])
-        query, docs = documents(runner_tokenizer(engine), n, seed=n)
+        query, docs = documents(tokenizer, n, seed=n)
         engine.score(query, docs[:4])
         times: dict[str, list[float]] = {name: [] for name, _, _ in steps}
         for _ in range(args.repeats):
@@ -250,10 +253,6 @@ def run_steps(kind: str, args: argparse.Namespace, root: Path) -> None:
             row = f"| {kind} ({protocol}) | {shape} | {name} | {t:.2f} s | {base / t:.2f}x |"
             print(row, flush=True)
     engine.close()
-
-
-def runner_tokenizer(engine: Any) -> Any:
-    return engine.backend.format.tokenizer
 
 
 def _line(row: dict[str, Any]) -> str:
