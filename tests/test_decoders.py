@@ -466,3 +466,12 @@ def test_the_rerank_command_takes_an_instruction(qwen3_path, docs, tmp_path):
     assert done.returncode == 0, done.stderr
     scores = sorted(r["score"] for r in json.loads(done.stdout))
     assert scores == pytest.approx(sorted(expected), abs=1e-6)
+
+
+def test_the_flag_backend_scores_llm_rerankers_as_compute_score(gemma_path, docs):
+    """Not compute_score_single_gpu, which skips the "A: "/"B: " prefixes compute_score adds."""
+    pairs = [(QUERY, d) for d in docs]
+    with RerankEngine(gemma_path, device="cpu", backend="flag") as engine:
+        ours = np.asarray(engine.score(QUERY, docs))
+        assert engine.info.max_length == 512
+    assert np.abs(ours - flag_scores(gemma_path, pairs)).max() < PARITY

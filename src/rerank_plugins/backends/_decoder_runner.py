@@ -106,6 +106,12 @@ class DecoderRunner:
             self.releaser.after_forward(time.perf_counter() - start)
         return out
 
+    def close(self) -> None:
+        """Drop the model and the cached prefixes so their memory can be freed."""
+        with self._lock:
+            self._prefixes.clear()
+        self.model = self.base = None
+
     def bind_thread(self, threads: int) -> None:
         """Run this thread's forward passes on ``threads`` intra-op threads (CPU streams)."""
         from rerank_plugins.backends._torch import bind_thread_count

@@ -229,8 +229,7 @@ class DecoderBackend(TorchBackendBase):
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""
-        self.runner.model = None
-        self.runner.base = None
+        self.runner.close()
 
 
 def _hub_config(transformers: Any, config: EngineConfig) -> dict[str, Any]:

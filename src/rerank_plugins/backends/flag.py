@@ -25,9 +25,9 @@ from rerank_plugins.errors import ModelLoadError
 
 __all__ = ["LLM_MAX_LENGTH_CAP", "FlagBackend", "FlagRoundTripEncoder", "is_llm_reranker"]
 
-LLM_MAX_LENGTH_CAP = 1024
-"""Default ``max_length`` of decoder-only rerankers, whose limits run to 8,192 tokens and more:
-long prompts cost quadratic attention, so a longer one is asked for with ``max_length``."""
+LLM_MAX_LENGTH_CAP = 512
+"""Default ``max_length`` of decoder-only rerankers here: FlagLLMReranker's own default (the
+passage budget; the query gets 3/4 of it), so ``backend="flag"`` scores what its users get."""
 
 
 def is_llm_reranker(model: str) -> bool:
@@ -167,7 +167,9 @@ class FlagBackend(TorchBackendBase):
         """Raw logits for a batch of encoded pairs."""
         if self.runner is not None:
             return self.runner.forward(batch)
-        pairs = [list(e.payload) for e in batch]
+        # compute_score prefixes "A: " to queries and "B: " to passages before its per-device
+        # scoring; compute_score_single_gpu alone skips that, so it is applied here.
+        pairs = self._reranker.get_detailed_inputs([list(e.payload) for e in batch])
         scores = self._reranker.compute_score_single_gpu(
             pairs,
             batch_size=len(pairs),
