@@ -12,6 +12,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "torch": "sentence-transformers",
     "transformers": "sentence-transformers",
     "sentence_transformers": "sentence-transformers",
+    "huggingface_hub": "sentence-transformers",
     "FlagEmbedding": "flag",
     "onnxruntime": "onnx",
     "onnx": "onnx",
