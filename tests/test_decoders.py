@@ -477,3 +477,11 @@ def test_the_flag_backend_scores_llm_rerankers_as_compute_score(gemma_path, docs
         ours = np.asarray(engine.score(QUERY, docs))
         assert engine.info.max_length == 512
     assert np.abs(ours - flag_scores(gemma_path, pairs)).max() < PARITY
+
+
+def test_a_lone_surrogate_fails_no_pair_and_a_huge_passage_is_cut(gemma_engine, docs):
+    huge = "the " * 200_000
+    scores = gemma_engine.score(QUERY, [docs[0], "broken \ud800 text", huge])
+    assert scores[0] == pytest.approx(gemma_engine.score(QUERY, [docs[0]])[0], abs=1e-6)
+    assert gemma_engine.rerank(QUERY, [huge])[0].truncated
+    assert len(scores) == 3

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rerank_plugins.backends._hf import PairEncoder
+
 __all__ = [
     "CrossEncoderFormat",
     "DecoderFormat",
@@ -97,6 +99,7 @@ class FlagLLMFormat:
         bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         self.bos = [int(bos)] if bos is not None and bos != pad else []
         self.left = getattr(tokenizer, "truncation_side", "right") == "left"
+        self.encoder = PairEncoder(tokenizer, max_length)
 
     def encode(
         self, query: str, texts: Sequence[str], instruction: str | None
@@ -113,15 +116,17 @@ class FlagLLMFormat:
         )
         first = self.bos + q
         budget = self.max_length + len(self.sep) + len(prompt)
-        full = tok([f"B: {t}" for t in texts], add_special_tokens=False)["input_ids"]
+        # The encoders' head-first tokenizing: a huge passage is not tokenized in full for
+        # tokens truncation drops, and a lone surrogate fails only its own pair.
+        passages = self.encoder.text_ids([f"B: {t}" for t in texts], self.max_length)
         out = []
-        for passage in full:
-            cut = _cut(list(passage), self.max_length, self.left)
+        for passage, more in passages:
+            cut = _cut(passage, self.max_length, self.left)
             second = self.sep + cut
             remove = len(first) + len(second) - budget
             if 0 < remove < len(second):
                 second = second[remove:] if self.left else second[:-remove]
-            truncated = len(second) - len(self.sep) < len(passage)
+            truncated = more or len(second) - len(self.sep) < len(passage)
             out.append((first + second + self.sep + prompt, truncated))
         return out
 
