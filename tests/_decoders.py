@@ -110,46 +110,63 @@ def _spread_scoring_rows(model, tokenizer, true: str, false: str, seed: int) -> 
         head[f] = -direction * scale
 
 
+_TINY_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.2,
+}
+
+
+def _save_causal_lm(
+    folder: Path, tok, architecture: str, answers: tuple[str, str], seed: int, **shape
+):
+    """Build the 2-layer ``{architecture}ForCausalLM`` for ``tok``, spread its answer rows, save it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = getattr(transformers, f"{architecture}Config")(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **_TINY_SHAPE,
+        **shape,
+    )
+    model = getattr(transformers, f"{architecture}ForCausalLM")(config)
+    _spread_scoring_rows(model, tok, *answers, seed)
+    model.save_pretrained(folder)
+    return folder
+
+
 def build_qwen3(folder: Path, seed: int = 0, *, chat_template: bool = False) -> Path:
     """A 2-layer Qwen3 causal LM with Qwen3-Reranker's special tokens (no sentence-transformers files).
 
     With ``chat_template``, its tokenizer carries `QWEN3_RERANKER_TEMPLATE`.
     """
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     tok = build_bpe_tokenizer(
         folder, QWEN_SPECIALS, seed=seed, pad_token="<|endoftext|>", eos_token="<|im_end|>"
     )
     if chat_template:
         tok.chat_template = QWEN3_RERANKER_TEMPLATE
         tok.save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+    return _save_causal_lm(
+        folder,
+        tok,
+        "Qwen3",
+        ("yes", "no"),
+        seed,
         num_key_value_heads=2,
         head_dim=16,
-        max_position_embeddings=2048,
         tie_word_embeddings=True,
-        initializer_range=0.2,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
     )
-    model = Qwen3ForCausalLM(config)
-    _spread_scoring_rows(model, tok, "yes", "no", seed)
-    model.save_pretrained(folder)
-    return folder
 
 
 def build_gemma(folder: Path, seed: int = 0) -> Path:
     """A 2-layer Gemma causal LM, laid out as bge-reranker-v2-gemma ships (scores the ``Yes`` logit)."""
-    import torch
-    from transformers import GemmaConfig, GemmaForCausalLM
-
     tok = build_bpe_tokenizer(
         folder,
         GEMMA_SPECIALS,
@@ -159,53 +176,17 @@ def build_gemma(folder: Path, seed: int = 0) -> Path:
         bos_token="<bos>",
         unk_token="<unk>",
     )
-    torch.manual_seed(seed)
-    config = GemmaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=2048,
-        initializer_range=0.2,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+    return _save_causal_lm(
+        folder, tok, "Gemma", ("Yes", "No"), seed, num_key_value_heads=1, head_dim=16
     )
-    model = GemmaForCausalLM(config)
-    _spread_scoring_rows(model, tok, "Yes", "No", seed)
-    model.save_pretrained(folder)
-    return folder
 
 
 def build_llama(folder: Path, seed: int = 0) -> Path:
     """A 2-layer Llama causal LM with a bos token: the generic decoder shape."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = build_bpe_tokenizer(
         folder, GEMMA_SPECIALS, seed=seed, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>"
     )
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=0.2,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    _spread_scoring_rows(model, tok, "yes", "no", seed)
-    model.save_pretrained(folder)
-    return folder
+    return _save_causal_lm(folder, tok, "Llama", ("yes", "no"), seed, num_key_value_heads=2)
 
 
 def save_as_cross_encoder(source: Path, folder: Path) -> Path:
