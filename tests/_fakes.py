@@ -117,3 +117,52 @@ class GatedBackend(FakeBackend):
         self.gate.wait(10)
         self.seen.extend(t for _, t in (e.payload for e in batch))
         return super().forward(batch)
+
+
+class HeldBackend(BackendBase):
+    """Wraps a real backend; a forward pass holding one of ``holds`` waits for its release.
+
+    Each held text has an ``entered`` event (its pass started) and a ``release`` event (let it
+    run). ``seen`` lists the texts of every pass that ran, in order; ``passes`` counts them.
+    Tests use it to put the engine in an exact state (mid-forward, a caller timed out) without
+    leaning on timing.
+    """
+
+    def __init__(self, inner: Any, holds: Sequence[str] = ()) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.device = inner.device
+        self.precision = inner.precision
+        self.max_length = inner.max_length
+        self.supports_windows = False
+        self.release = {t: threading.Event() for t in holds}
+        self.entered = {t: threading.Event() for t in holds}
+        self.seen: list[str] = []
+        self.passes = 0
+        self.lock = threading.Lock()
+
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        inner = self.inner.encode(query, texts)
+        return [Encoded(e.length, e.truncated, (t, e)) for t, e in zip(texts, inner, strict=True)]
+
+    def hold(self, texts: list[str]) -> None:
+        """Wait here while the batch holds a text not yet released (60 s at most: a hang guard)."""
+        for text in texts:
+            if text in self.release:
+                self.entered[text].set()
+                self.release[text].wait(60)
+
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        texts = [e.payload[0] for e in batch]
+        self.hold(texts)
+        logits = self.inner.forward([e.payload[1] for e in batch])
+        with self.lock:
+            self.seen.extend(texts)
+            self.passes += 1
+        return logits
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        pass

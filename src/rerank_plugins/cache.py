@@ -84,6 +84,10 @@ class ScoreCache(Generic[V]):
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may have been held); entries stay."""
+        self._lock = threading.Lock()
+
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:

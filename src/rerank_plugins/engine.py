@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from rerank_plugins import registry
+from rerank_plugins._streams import StreamPool
 from rerank_plugins.backends import (
     Backend,
     Encoded,
@@ -66,13 +68,18 @@ class _Request:
     texts: list[str]
     future: Future[list[Scored]]
     instruction: str | None = None
+    # Set by a caller that stopped waiting (timeout, cancellation): the worker skips what of
+    # this request has not run yet, at the next batch boundary.
+    withdrawn: bool = False
 
 
 @dataclass
 class _Item:
     encoded: Encoded
+    doc: _Doc
     logit: float | None = None
     error: BaseException | None = None
+    skipped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +93,20 @@ class Scored:
 
 @dataclass
 class _Doc:
+    owners: list[_Request]
     items: list[_Item]
 
-    def outcome(self, mode: str) -> Scored | BaseException:
+    def wanted(self) -> bool:
+        """Whether a request still waits for this document."""
+        return any(not r.withdrawn for r in self.owners)
+
+    def outcome(self, mode: str) -> Scored | BaseException | None:
+        """The document's result, its error, or None where a pass was skipped (withdrawn)."""
         for it in self.items:
             if it.error is not None:
                 return it.error
+        if any(it.skipped for it in self.items):
+            return None
         logits = [it.logit for it in self.items if it.logit is not None]
         return Scored(aggregate(logits, mode), len(self.items), self.items[0].encoded.truncated)
 
@@ -200,18 +215,19 @@ class RerankEngine:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        # close(cancel_pending=True), and interpreter exit: queued work fails at once and
+        # running work stops at the next batch boundary.
+        self._aborting = False
+        # Set in a forked child when this engine cannot run there (a model on a GPU).
+        self._fork_error: str | None = None
         self._inflight: list[_Request] = []
         self._warned_truncation = False
         self._stats = {"requests": 0, "pairs": 0, "forward_passes": 0, "forward_pairs": 0}
         self._stats_lock = threading.Lock()
-        # Streams beyond the first: a pool whose threads each bind their share of the threads.
-        self._streams: ThreadPoolExecutor | None = None
-        if streams > 1 and threads is not None:
-            self._streams = ThreadPoolExecutor(
-                streams,
-                thread_name_prefix=f"rerank-stream[{backend.name}]",
-                initializer=partial(backend.bind_thread, threads),
-            )
+        # Streams beyond the first: threads that each bind their share of the CPU threads.
+        self._stream_shape = (streams, threads) if streams > 1 and threads is not None else None
+        self._streams: StreamPool[list[_Item]] | None = None
+        self._worker: threading.Thread | None = None
         self.info = EngineInfo(
             model=config.model,
             backend=backend.name,
@@ -230,10 +246,7 @@ class RerankEngine:
             threads_per_stream=threads,
             details=dict(backend.describe()),
         )
-        self._worker = threading.Thread(
-            target=self._run, name=f"rerank-engine[{backend.name}]", daemon=True
-        )
-        self._worker.start()
+        self._start_worker()
         registry.track(self)
         logger.info(
             "rerank engine ready: model=%s backend=%s (%s) device=%s precision=%s "
@@ -373,28 +386,40 @@ class RerankEngine:
         """Forget every cached score."""
         self._cache.clear()
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the worker after the requests already queued, then release the model.
+    def close(self, timeout: float | None = 30.0, *, cancel_pending: bool = False) -> None:
+        """Stop the worker, then release the model. Idempotent.
 
-        Requests queued before the call finish; any call after it raises `EngineClosedError`.
-        Idempotent.
+        By default the requests already queued finish first. Any call after `close` raises
+        `EngineClosedError`.
+
+        Args:
+            timeout: Seconds to wait for the worker at most; requests it still holds then fail
+                with `EngineClosedError` rather than wait on.
+            cancel_pending: Fail queued requests at once with `EngineClosedError`, and stop
+                running ones at their next batch boundary (what interpreter exit does).
         """
+        error = EngineClosedError(self._closed_message())
         with self._lock:
             if self._closed:
                 return
+            if cancel_pending:  # before closed: whoever sees the engine closed sees it abort
+                self._aborting = True
+                self._fail_queued(error)
             self._closed = True
             self._queue.put(_STOP)
-        if threading.current_thread() is not self._worker:
-            self._worker.join(timeout)
-        error = EngineClosedError(self._closed_message())
-        if self._worker.is_alive():
+        worker = self._worker
+        if worker is not None and threading.current_thread() is not worker:
+            worker.join(timeout)
+        busy = worker is not None and worker.is_alive()
+        if busy:
             # The worker is stuck in a forward pass: fail its callers rather than strand them.
-            logger.warning("rerank worker still busy after %ss; failing its requests", timeout)
+            log = logger.debug if cancel_pending else logger.warning
+            log("rerank worker still busy after %ss; failing its requests", timeout)
             for req in list(self._inflight):
                 _settle(req.future, error=error)
         self._fail_queued(error)
         if self._streams is not None:
-            self._streams.shutdown(wait=not self._worker.is_alive(), cancel_futures=True)
+            self._streams.shutdown(wait=not busy, timeout=timeout)
         registry.forget(self)
         self._backend.close()
         logger.info("rerank engine closed: %s", self.config.model)
@@ -423,6 +448,46 @@ class RerankEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError(self._closed_message())
+        if self._fork_error is not None:
+            raise EngineClosedError(self._fork_error)
+
+    def _start_worker(self) -> None:
+        """Start the worker thread (and the stream threads) of this process."""
+        if self._stream_shape is not None:
+            streams, threads = self._stream_shape
+            self._streams = StreamPool(
+                streams,
+                f"rerank-stream[{self._backend.name}]",
+                partial(self._backend.bind_thread, threads),
+            )
+        self._worker = threading.Thread(
+            target=self._run, name=f"rerank-engine[{self._backend.name}]", daemon=True
+        )
+        self._worker.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child (the registry calls this): a fresh, idle engine of the same model.
+
+        The parent's threads, and so its worker, queue and locks, do not exist in the child:
+        re-create them (the worker starts on the child's first call), keeping the loaded
+        model and the cached scores. A model on a GPU cannot be used after a fork (CUDA
+        cannot be re-initialised in a forked child): calls then raise `EngineClosedError`
+        saying what to do.
+        """
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        self._inflight = []
+        self._worker = None
+        self._streams = None
+        self._cache.after_fork()
+        if self._backend.device != "cpu" and not self._closed:
+            self._fork_error = (
+                f"the rerank engine for {self.config.model!r} runs on {self._backend.device!r} "
+                f"and was created before this process forked (pid {os.getpid()}); a GPU "
+                "cannot be used after a fork. Create the engine in the child (gunicorn without "
+                "--preload, Celery's worker_process_init) or use the 'spawn' start method."
+            )
 
     def _instruction(self, instruction: object) -> str | None:
         checked = check_instruction(instruction)
@@ -435,19 +500,19 @@ class RerankEngine:
             raise ValueError(msg)
         return checked
 
-    def _submit(
-        self, query: str, texts: list[str], instruction: str | None
-    ) -> list[Future[list[Scored]]]:
-        futures: list[Future[list[Scored]]] = []
+    def _submit(self, query: str, texts: list[str], instruction: str | None) -> list[_Request]:
+        requests: list[_Request] = []
         with self._lock:
             self._check_open()
+            if self._worker is None:  # the first call in a forked child
+                self._start_worker()
             self._stats["requests"] += 1
             self._stats["pairs"] += len(texts)
             for start in range(0, len(texts), _CHUNK):
-                fut: Future[list[Scored]] = Future()
-                self._queue.put(_Request(query, texts[start : start + _CHUNK], fut, instruction))
-                futures.append(fut)
-        return futures
+                req = _Request(query, texts[start : start + _CHUNK], Future(), instruction)
+                self._queue.put(req)
+                requests.append(req)
+        return requests
 
     def _scale(self, logit: float) -> float:
         return to_probability(logit) if self.config.normalize else float(logit)
@@ -474,21 +539,19 @@ class RerankEngine:
         if not texts:
             self._check_open()
             return []
-        futures = self._submit(query, texts, checked)
+        requests = self._submit(query, texts, checked)
         deadline = None if timeout is None else time.monotonic() + timeout
         out: list[Scored] = []
         try:
-            for fut in futures:
+            for req in requests:
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                out.extend(fut.result(timeout=remaining))
+                out.extend(req.future.result(timeout=remaining))
         except FutureTimeout:
-            for fut in futures:
-                fut.cancel()
+            _withdraw(requests)
             msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
             raise TimeoutError(msg) from None
         except BaseException:
-            for fut in futures:
-                fut.cancel()
+            _withdraw(requests)
             raise
         return out
 
@@ -501,16 +564,16 @@ class RerankEngine:
         if not texts:
             self._check_open()
             return []
-        futures = self._submit(query, texts, checked)
-        gathered = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        requests = self._submit(query, texts, checked)
+        gathered = asyncio.gather(*(asyncio.wrap_future(r.future) for r in requests))
         try:
             parts = await asyncio.wait_for(gathered, timeout)
         except asyncio.TimeoutError:
+            _withdraw(requests)
             msg = f"scoring {len(texts)} texts did not finish within timeout={timeout}s."
             raise TimeoutError(msg) from None
         except BaseException:
-            for fut in futures:
-                fut.cancel()
+            _withdraw(requests)
             raise
         return [x for part in parts for x in part]
 
@@ -542,6 +605,11 @@ class RerankEngine:
                 cycle.append(item)
                 pairs += len(item.texts)  # type: ignore[attr-defined]
             requests = [r for r in cycle if isinstance(r, _Request)]
+            if self._aborting:
+                error = EngineClosedError(self._closed_message())
+                for r in requests:
+                    _settle(r.future, error=error)
+                return
             self._inflight = requests
             try:
                 self._run_cycle(requests)
@@ -576,19 +644,26 @@ class RerankEngine:
         pending: dict[bytes, _Doc] = {}
         plans: list[tuple[_Request, list[bytes], list[Scored | None]]] = []
         for req in requests:
-            if not req.future.set_running_or_notify_cancel():
-                continue  # cancelled or timed out before it ran: withdrawn
+            if req.withdrawn or not req.future.set_running_or_notify_cancel():
+                continue  # timed out or cancelled before it ran: withdrawn
             try:
                 keys = [pair_key(req.query, t, req.instruction) for t in req.texts]
                 values: list[Scored | None] = [self._cache.get(k) for k in keys]
                 new: dict[bytes, str] = {}
                 for key, text, value in zip(keys, req.texts, values, strict=True):
-                    if value is None and key not in pending and key not in new:
+                    if value is not None:
+                        continue
+                    if key in pending:  # another request of this cycle needs it too
+                        if req not in pending[key].owners:
+                            pending[key].owners.append(req)
+                    elif key not in new:
                         new[key] = text
                 if new:
                     encoded = self._encode(req.query, list(new.values()), req.instruction)
                     for key, windows in zip(new, encoded, strict=True):
-                        pending[key] = _Doc([_Item(e) for e in windows])
+                        doc = _Doc([req], [])
+                        doc.items = [_Item(e, doc) for e in windows]
+                        pending[key] = doc
                         if windows[0].truncated and not self._warned_truncation:
                             self._warned_truncation = True
                             logger.warning(
@@ -608,10 +683,10 @@ class RerankEngine:
             batches = [[items[i] for i in batch] for batch in plan]
             if self._streams is None or len(batches) == 1:
                 for batch in batches:
-                    self._forward(batch)
+                    self._forward_wanted(batch)
             else:  # longest first, each stream taking the next batch as it frees up
-                list(self._streams.map(self._forward, batches))
-        done: dict[bytes, Scored | BaseException] = {}
+                self._streams.map(self._forward_wanted, batches)
+        done: dict[bytes, Scored | BaseException | None] = {}
         for key, doc in pending.items():
             done[key] = outcome = doc.outcome(self.config.long_documents)
             if isinstance(outcome, Scored):
@@ -622,17 +697,40 @@ class RerankEngine:
             error: BaseException | None = None
             for key, value in zip(keys, values, strict=True):
                 got = value if value is not None else done[key]
+                if got is None:  # skipped: this request was withdrawn, or the engine aborts
+                    error = self._withdrawn_error()
+                    break
                 if isinstance(got, BaseException):
-                    error = got
+                    msg = f"the model failed on a pair of this request: {got}"
+                    error = BackendError(msg)
+                    error.__cause__ = got
                     break
                 out.append(got)
             if error is not None:
-                msg = f"the model failed on a pair of this request: {error}"
-                failure = BackendError(msg)
-                failure.__cause__ = error
-                _settle(req.future, error=failure)
+                _settle(req.future, error=error)
             else:
                 _settle(req.future, result=out)
+
+    def _withdrawn_error(self) -> BaseException:
+        if self._aborting:
+            return EngineClosedError(self._closed_message())
+        return TimeoutError("the request was withdrawn before all its pairs ran.")
+
+    def _forward_wanted(self, batch: list[_Item]) -> None:
+        """Run the pairs of a batch that a request still waits for; skip the rest.
+
+        The batch boundary is where withdrawn work stops: a timed-out or cancelled request's
+        pairs that no other request shares are not run, nor is anything once the engine
+        aborts (``close(cancel_pending=True)``, interpreter exit).
+        """
+        wanted: list[_Item] = []
+        for it in batch:
+            if not self._aborting and it.doc.wanted():
+                wanted.append(it)
+            else:
+                it.skipped = True
+        if wanted:
+            self._forward(wanted)
 
     def _forward(self, items: list[_Item]) -> None:
         """Run one batch; on failure split it in halves down to single pairs."""
@@ -674,6 +772,13 @@ def _resolve_streams(config: EngineConfig, backend: Backend) -> tuple[int, int |
     if threads is None or streams == 1:
         return streams, threads
     return streams, max(threads // streams, 1)
+
+
+def _withdraw(requests: list[_Request]) -> None:
+    """The caller stopped waiting: unstarted requests are cancelled, started ones stop early."""
+    for req in requests:
+        req.withdrawn = True
+        req.future.cancel()
 
 
 def _settle(

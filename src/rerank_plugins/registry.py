@@ -7,6 +7,7 @@ that `close_all_engines` (also run at interpreter exit) stops their workers.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -80,10 +81,33 @@ def forget(engine: RerankEngine) -> None:
                 del _REGISTRY[key]
 
 
-def close_all_engines() -> None:
-    """Close every engine in the process (also runs at interpreter exit)."""
+def close_all_engines(*, cancel_pending: bool = False) -> None:
+    """Close every engine in the process (also runs at interpreter exit).
+
+    Args:
+        cancel_pending: Fail queued requests at once and stop running ones at their next
+            batch boundary, rather than finish them (what interpreter exit does).
+    """
     for engine in list(_LIVE):
-        engine.close(timeout=5.0)
+        engine.close(timeout=5.0, cancel_pending=cancel_pending)
 
 
-atexit.register(close_all_engines)
+def _close_at_exit() -> None:
+    # Nobody waits for a result any more: stop at the next batch boundary, not after the queue.
+    close_all_engines(cancel_pending=True)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the engines but none of their threads: reset them for this process.
+
+    Only the forking thread exists in the child, so nothing here can race; each engine starts
+    its worker again on its first call in the child.
+    """
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for engine in list(_LIVE):
+        engine._after_fork()
+
+
+atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
