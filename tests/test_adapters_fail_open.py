@@ -9,6 +9,7 @@ import logging
 import pytest
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, TextNode
+from pydantic import ValidationError
 
 from rerank_plugins import BackendError, EngineClosedError, RerankEngine
 from rerank_plugins.langchain import RerankCompressor
@@ -83,6 +84,21 @@ def test_llama_index_passthrough_keeps_retrieval_scores_and_marks_nodes() -> Non
     assert [n.node.metadata for n in nodes] == [n.node.metadata for n in snapshot]
 
 
-def test_an_unknown_on_error_value_is_refused() -> None:
-    with RerankEngine.from_backend(FakeBackend()) as engine, pytest.raises(ValueError):
-        RerankCompressor(engine=engine, on_error="ignore")
+def test_passthrough_with_top_n_none_returns_every_item_in_the_retriever_order() -> None:
+    nodes = [NodeWithScore(node=TextNode(text=f"n{i}", id_=f"n{i}"), score=0.5) for i in range(4)]
+    with _broken() as engine:
+        docs = RerankCompressor(engine=engine, on_error="passthrough", top_n=None)
+        post = RerankPostprocessor(engine=engine, on_error="passthrough", top_n=None)
+        assert [d.id for d in docs.compress_documents(DOCS, "q")] == [d.id for d in DOCS]
+        out = post.postprocess_nodes(nodes, query_str="q")
+    assert [n.node.node_id for n in out] == ["n0", "n1", "n2", "n3"]
+    assert all(n.node.metadata["reranked"] is False for n in out)
+
+
+@pytest.mark.parametrize("adapter", [RerankCompressor, RerankPostprocessor])
+def test_an_unknown_on_error_value_is_a_validation_error(adapter) -> None:
+    with (
+        RerankEngine.from_backend(FakeBackend()) as engine,
+        pytest.raises(ValidationError, match="on_error must be 'raise' or 'passthrough'"),
+    ):
+        adapter(engine=engine, on_error="ignore")

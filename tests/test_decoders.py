@@ -414,7 +414,9 @@ def test_the_llama_index_postprocessor_passes_its_instruction(qwen3_engine, docs
 def test_an_adapter_rejects_a_non_string_instruction(adapter, qwen3_engine):
     module = __import__(f"rerank_plugins.{adapter}", fromlist=["x"])
     cls = module.RerankCompressor if adapter == "langchain" else module.RerankPostprocessor
-    with pytest.raises(TypeError, match="instruction must be a string"):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="instruction must be a string"):
         cls(engine=qwen3_engine, instruction=["find"])
 
 

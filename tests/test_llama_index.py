@@ -19,6 +19,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from pydantic import ValidationError
 
 from rerank_plugins import RerankEngine
 from rerank_plugins.llama_index import RerankPostprocessor
@@ -100,6 +101,21 @@ def test_query_engine_aquery_matches_query(
     _assert_reranked(response.source_nodes, index, bert_engine, top_n=4)
     assert [n.score for n in response.source_nodes] == [
         n.score for n in query_engine.query(QUERY).source_nodes
+    ]
+
+
+def test_top_n_none_keeps_every_source_node_best_first(
+    index: VectorStoreIndex, bert_path: str, bert_engine: RerankEngine
+) -> None:
+    query_engine = index.as_query_engine(
+        llm=MockLLM(),
+        similarity_top_k=len(SENTENCES),
+        node_postprocessors=[RerankPostprocessor(bert_path, device="cpu", top_n=None)],
+    )
+    response = query_engine.query(QUERY)
+    _assert_reranked(response.source_nodes, index, bert_engine, top_n=len(SENTENCES))
+    assert [n.score for n in asyncio.run(query_engine.aquery(QUERY)).source_nodes] == [
+        n.score for n in response.source_nodes
     ]
 
 
@@ -277,6 +293,23 @@ def test_rerank_events_and_the_reranking_callback_fire(
     assert len(out) == (0 if empty else 2)
 
 
+@pytest.mark.parametrize("empty", [False, True], ids=["nodes", "empty"])
+def test_with_top_n_none_the_events_report_every_node_given(
+    empty: bool, nodes: list[NodeWithScore], bert_engine: RerankEngine, recorder: _EventRecorder
+) -> None:
+    # The events' top_n is an int in LlamaIndex: "keep all" is the number of nodes given.
+    debug = LlamaDebugHandler(print_trace_on_end=False)
+    reranker = RerankPostprocessor(
+        engine=bert_engine, top_n=None, callback_manager=CallbackManager([debug])
+    )
+    given = [] if empty else nodes
+    out = reranker.postprocess_nodes(given, query_str=QUERY)
+    (start,) = [e for e in recorder.events if isinstance(e, ReRankStartEvent)]
+    assert start.top_n == len(given) == len(out)
+    ((begin, _),) = debug.get_event_pairs(CBEventType.RERANKING)
+    assert begin.payload[EventPayload.TOP_K] == len(given)
+
+
 def test_model_name_in_events_is_the_model_given(
     bert_path: str, nodes: list[NodeWithScore], recorder: _EventRecorder
 ) -> None:
@@ -295,9 +328,50 @@ def test_model_and_engine_options_resolve_to_the_shared_engine(
     assert RerankPostprocessor(engine=bert_engine).engine is bert_engine
 
 
+# The settings both adapters share are pinned in test_adapters_shared.py; these are LlamaIndex's.
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (
+            {"metadata_mode": "bogus"},
+            r"metadata_mode must be one of MetadataMode\.ALL, .*got 'bogus'",
+        ),
+        ({"metadata_mode": 2}, r"metadata_mode must be one of .*got 2"),
+        ({"keep_retrieval_score": "yes"}, r"keep_retrieval_score must be True or False, got 'yes'"),
+        ({"keep_retrieval_score": 1}, r"keep_retrieval_score must be True or False, got 1"),
+    ],
+)
+def test_invalid_settings_raise_a_one_line_validation_error_naming_them(
+    bert_path: str, options: dict, match: str
+) -> None:
+    with pytest.raises(ValidationError, match=match) as caught:
+        RerankPostprocessor(bert_path, **options)
+    (error,) = caught.value.errors()
+    assert "\n" not in error["msg"]
+
+
+def test_metadata_mode_may_be_given_by_its_value(bert_engine: RerankEngine) -> None:
+    reranker = RerankPostprocessor(engine=bert_engine, metadata_mode="none")
+    assert reranker.metadata_mode is MetadataMode.NONE
+
+
 def test_serialization_leaves_out_the_engine(bert_path: str) -> None:
     data = RerankPostprocessor(model=bert_path, device="cpu", top_n=2).to_dict()
     assert "engine" not in data
     assert data["class_name"] == "RerankPostprocessor"
     assert data["model"] == bert_path
     assert data["engine_options"] == {"device": "cpu"}
+
+
+def test_to_json_and_back_keeps_every_setting(bert_path: str, bert_engine: RerankEngine) -> None:
+    built = RerankPostprocessor(
+        bert_path,
+        device="cpu",
+        top_n=None,
+        metadata_mode=MetadataMode.LLM,
+        keep_retrieval_score=True,
+        timeout=5,
+    )
+    back = RerankPostprocessor.from_json(built.to_json())
+    assert back.engine is bert_engine
+    assert back.to_dict() == built.to_dict()

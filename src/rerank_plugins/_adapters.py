@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import string
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -43,7 +44,13 @@ class AdapterSettings(BaseModel):
 
     A pydantic mixin placed before the framework's base class, so that both adapters validate
     these settings, load their engine and rank items by the same code. Keyword arguments named
-    after engine options (``device``, ``max_length`` ...) are gathered into ``engine_options``.
+    after engine options (``device``, ``max_length`` ...) are gathered into ``engine_options``;
+    the model may also come first, positionally.
+
+    Every bad setting raises pydantic's ``ValidationError`` (as the frameworks' own components
+    do), with one line naming the setting and what to pass. Values are checked strictly, never
+    coerced from another type: ``top_n="3"`` or ``timeout="5"`` is refused, while an int is
+    accepted where a float is expected.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -59,8 +66,8 @@ class AdapterSettings(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     """Engine options used with ``model`` (see `rerank_plugins.EngineConfig`); they may also be
     passed as keyword arguments, e.g. ``device="cpu"``."""
-    top_n: int = 3
-    """Keep at most this many items, best first."""
+    top_n: int | None = 3
+    """Keep at most this many items, best first; None keeps every item, best first."""
     score_threshold: float | None = None
     """Drop items scoring below this value, before the ``top_n`` cut. Pick it on the engine's
     score scale (probabilities in [0, 1] by default)."""
@@ -77,7 +84,9 @@ class AdapterSettings(BaseModel):
     a code question, retrieve snippets that answer it" (None: the model's default). An encoder
     cross-encoder takes none: setting one raises ``ValueError`` on the first call."""
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, *args: str | os.PathLike[str], **data: Any) -> None:
+        if args:
+            data = _positional_model(type(self).__name__, args, data)
         super().__init__(**data)
         # Loaded here rather than in a validator, so that a missing model surfaces as
         # ModelLoadError instead of being wrapped in a pydantic ValidationError.
@@ -113,22 +122,58 @@ class AdapterSettings(BaseModel):
             return data
         if isinstance(data.get("model"), os.PathLike):
             data = {**data, "model": os.fspath(data["model"])}
-        return gather_engine_options(cls.__name__, data, cls.model_fields)
+        return _check_setting(gather_engine_options, cls.__name__, data, cls.model_fields)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _check_model(cls, value: Any) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        hint = ""
+        if isinstance(value, int):  # SentenceTransformerRerank(3) habit: that is top_n there
+            hint = "; settings such as top_n go by keyword (top_n=3)"
+        elif hasattr(value, "rerank"):
+            hint = "; pass an existing engine as engine=..."
+        msg = f"model must be a hub id or a local folder (a str or path), got {value!r}{hint}."
+        raise ValueError(msg)
 
     @field_validator("top_n", mode="before")
     @classmethod
     def _check_top_n(cls, value: Any) -> int | None:
-        return check_top_n(value, allow_none=False)
+        return _check_setting(check_top_n, value)
 
     @field_validator("instruction", mode="before")
     @classmethod
     def _check_instruction(cls, value: Any) -> str | None:
-        return check_instruction(value)
+        return _check_setting(check_instruction, value)
 
     @field_validator("score_threshold", mode="before")
     @classmethod
     def _check_score_threshold(cls, value: Any) -> float | None:
-        return check_threshold(value)
+        return _check_setting(check_threshold, value)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _check_timeout(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            msg = f"timeout must be a positive number of seconds or None, got {value!r}."
+            raise ValueError(msg)
+        return float(value)
+
+    @field_validator("on_error", mode="before")
+    @classmethod
+    def _check_on_error(cls, value: Any) -> str:
+        if value not in ("raise", "passthrough"):
+            msg = f"on_error must be 'raise' or 'passthrough', got {value!r}."
+            raise ValueError(msg)
+        return str(value)
 
     def _rank(
         self, query: str, items: Sequence[T], text_of: Callable[[T], str]
@@ -189,6 +234,22 @@ class AdapterSettings(BaseModel):
         return [(item, None) for item in items[: self.top_n]]
 
 
+def _check_setting(check: Callable[..., T], *args: Any) -> T:
+    """Run a shared check for a validator, raising a wrong type as a ``ValueError``.
+
+    Pydantic turns a ``ValueError`` raised by a validator into its ``ValidationError`` but lets
+    a ``TypeError`` escape raw; relayed through here, every bad setting raises the one error
+    type the frameworks' own components raise.
+
+    Raises:
+        ValueError: ``check`` raised it, or raised a ``TypeError`` (same message).
+    """
+    try:
+        return check(*args)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def gather_engine_options(
     owner: str, data: dict[str, Any], fields: Collection[str]
 ) -> dict[str, Any]:
@@ -205,7 +266,9 @@ def gather_engine_options(
     Raises:
         TypeError: An argument that is neither a setting nor an engine option, an option given
             twice, both or neither of ``model`` and ``engine``, engine options together with
-            ``engine=``, or an ``engine`` that is not a `Scorer`.
+            ``engine=``, an ``engine`` that is not a `Scorer`, or an engine option of the
+            wrong type.
+        ValueError: A bad engine option value (``device="tpu"``) or an empty ``model``.
     """
     known = EngineConfig.option_names()
     extra = {k: v for k, v in data.items() if k not in fields}
@@ -253,10 +316,28 @@ def gather_engine_options(
                 "given engine was built with its own options."
             )
             raise TypeError(msg)
+    elif isinstance(model, str):
+        # Checked here, before any loading, so that a bad option value is a bad setting like
+        # any other; a model of the wrong type is left to the model field's own check.
+        EngineConfig.from_options(model, options)
 
     out = {k: v for k, v in data.items() if k in fields}
     out["engine_options"] = options
     return out
+
+
+def _positional_model(owner: str, args: tuple[object, ...], data: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments with the one positional argument, the model, among them."""
+    if len(args) > 1:
+        msg = (
+            f"{owner} takes one positional argument, the model, got {len(args)}; pass the "
+            f"other settings by keyword, e.g. {owner}(model, top_n=3)."
+        )
+        raise TypeError(msg)
+    if "model" in data:
+        msg = f"{owner} got the model twice, positionally and as model=; pass it once."
+        raise TypeError(msg)
+    return {"model": args[0], **data}
 
 
 def model_name(settings: AdapterSettings) -> str:

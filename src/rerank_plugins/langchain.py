@@ -34,11 +34,13 @@ class RerankCompressor(AdapterSettings, BaseDocumentCompressor):
 
     Args:
         model: Hub id or local folder of a cross-encoder, loaded once per process through
-            `rerank_plugins.get_engine` (compressors with the same settings share it).
+            `rerank_plugins.get_engine` (compressors with the same settings share it). The only
+            setting that may be given positionally: ``RerankCompressor(model, top_n=3)``.
         engine: An existing engine (any `rerank_plugins.Scorer`) instead of ``model``.
         engine_options: Engine options for ``model``; they may also be given as keyword
             arguments (``device="cpu"``, ``max_length=256`` ...).
-        top_n: Keep at most this many documents (default 3, as LangChain's rerankers).
+        top_n: Keep at most this many documents (default 3, as LangChain's rerankers); ``None``
+            keeps every document, best first (as LangChain's ``CohereRerank``).
         score_threshold: Drop documents scoring below this, before the ``top_n`` cut.
         score_key: Metadata key of the score (default ``"relevance_score"``, the key of
             LangChain's Cohere and FlashRank rerankers).
@@ -47,15 +49,19 @@ class RerankCompressor(AdapterSettings, BaseDocumentCompressor):
             or a callable from `Document` to text.
 
     Raises:
-        TypeError: An unknown option, or not exactly one of ``model`` and ``engine``.
-        ValueError: A bad setting (``top_n < 1``, a malformed template ...);
-            `rerank_plugins.ModelLoadError` when the model cannot be loaded.
+        pydantic.ValidationError: A bad setting, one line naming it: an unknown option, not
+            exactly one of ``model`` and ``engine``, ``top_n < 1``, a value of the wrong type
+            (``top_n="3"``; values are never coerced), a malformed template, a bad engine
+            option (``device="tpu"``).
+        TypeError: More than one positional argument, or the model both positionally and as
+            ``model=``.
+        rerank_plugins.ModelLoadError: The model cannot be loaded.
 
     Examples:
         >>> from langchain_core.documents import Document
         >>> from rerank_plugins.langchain import RerankCompressor
         >>> compressor = RerankCompressor(  # doctest: +SKIP
-        ...     model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=1
+        ...     "cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=1
         ... )
         >>> docs = [Document("RAG combines retrieval with generation."), Document("Cats purr.")]
         >>> best = compressor.compress_documents(docs, "what is rag?")  # doctest: +SKIP
@@ -69,20 +75,29 @@ class RerankCompressor(AdapterSettings, BaseDocumentCompressor):
     """What is scored: ``None`` (the page content), a ``str.format`` template over
     ``page_content`` and the metadata fields, or a callable from `Document` to text."""
 
-    @field_validator("score_key")
+    @field_validator("score_key", mode="before")
     @classmethod
-    def _check_score_key(cls, value: str) -> str:
-        if not value:
-            msg = "score_key must be a non-empty metadata key, e.g. 'relevance_score'."
+    def _check_score_key(cls, value: object) -> str:
+        if not isinstance(value, str) or not value:
+            msg = (
+                "score_key must be a non-empty metadata key, e.g. 'relevance_score', "
+                f"got {value!r}."
+            )
             raise ValueError(msg)
         return value
 
-    @field_validator("text_template")
+    @field_validator("text_template", mode="before")
     @classmethod
-    def _check_text_template(
-        cls, value: str | Callable[[Document], str] | None
-    ) -> str | Callable[[Document], str] | None:
-        return check_template(value) if isinstance(value, str) else value
+    def _check_text_template(cls, value: object) -> str | Callable[[Document], str] | None:
+        if isinstance(value, str):
+            return check_template(value)
+        if value is None or callable(value):
+            return value
+        msg = (
+            "text_template must be None, a str.format template such as "
+            f"'{{title}}: {{page_content}}', or a callable from Document to str, got {value!r}."
+        )
+        raise ValueError(msg)
 
     def compress_documents(
         self,

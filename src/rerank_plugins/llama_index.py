@@ -18,6 +18,7 @@ from llama_index.core.instrumentation.events.rerank import (  # noqa: E402
 )
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
+from pydantic import field_validator  # noqa: E402
 
 from rerank_plugins._adapters import RERANKED_KEY, AdapterSettings, model_name  # noqa: E402
 
@@ -41,11 +42,12 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
 
     Args:
         model: Hub id or local folder of a cross-encoder, loaded once per process through
-            `rerank_plugins.get_engine` (postprocessors with the same settings share it).
+            `rerank_plugins.get_engine` (postprocessors with the same settings share it). The
+            only setting that may be given positionally: ``RerankPostprocessor(model, top_n=3)``.
         engine: An existing engine (any `rerank_plugins.Scorer`) instead of ``model``.
         engine_options: Engine options for ``model``; they may also be given as keyword
             arguments (``device="cpu"``, ``max_length=256`` ...).
-        top_n: Keep at most this many nodes (default 3).
+        top_n: Keep at most this many nodes (default 3); ``None`` keeps every node, best first.
         score_threshold: Drop nodes scoring below this, before the ``top_n`` cut.
         metadata_mode: Which metadata ``node.get_content`` includes in the scored text
             (default ``MetadataMode.EMBED``, as LlamaIndex's own rerankers).
@@ -54,15 +56,18 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
         callback_manager: LlamaIndex callback manager (set by the query engine).
 
     Raises:
-        TypeError: An unknown option, or not exactly one of ``model`` and ``engine``.
-        ValueError: A bad setting (``top_n < 1`` ...); `rerank_plugins.ModelLoadError` when
-            the model cannot be loaded.
+        pydantic.ValidationError: A bad setting, one line naming it: an unknown option, not
+            exactly one of ``model`` and ``engine``, ``top_n < 1``, a value of the wrong type
+            (``top_n="3"``; values are never coerced), a bad engine option (``device="tpu"``).
+        TypeError: More than one positional argument, or the model both positionally and as
+            ``model=``.
+        rerank_plugins.ModelLoadError: The model cannot be loaded.
 
     Examples:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
         >>> from rerank_plugins.llama_index import RerankPostprocessor
         >>> reranker = RerankPostprocessor(  # doctest: +SKIP
-        ...     model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=1
+        ...     "cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=1
         ... )
         >>> texts = ["RAG is ...", "Cats purr."]
         >>> nodes = [NodeWithScore(node=TextNode(text=t), score=0.5) for t in texts]
@@ -75,6 +80,24 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
     """Which metadata ``node.get_content(metadata_mode=...)`` puts into the scored text."""
     keep_retrieval_score: bool = False
     """Keep the original retrieval score in the copy's metadata under ``"retrieval_score"``."""
+
+    @field_validator("metadata_mode", mode="before")
+    @classmethod
+    def _check_metadata_mode(cls, value: object) -> MetadataMode:
+        try:
+            return MetadataMode(value)
+        except (TypeError, ValueError):
+            modes = ", ".join(f"MetadataMode.{m.name}" for m in MetadataMode)
+            msg = f"metadata_mode must be one of {modes} (or its value), got {value!r}."
+            raise ValueError(msg) from None
+
+    @field_validator("keep_retrieval_score", mode="before")
+    @classmethod
+    def _check_keep_retrieval_score(cls, value: object) -> bool:
+        if not isinstance(value, bool):
+            msg = f"keep_retrieval_score must be True or False, got {value!r}."
+            raise ValueError(msg)
+        return value
 
     @classmethod
     def class_name(cls) -> str:
@@ -135,16 +158,18 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
     ) -> Iterator[Callable[[list[tuple[NodeWithScore, float | None]]], list[NodeWithScore]]]:
         """Emit the start events; yield the step that builds the result and ends the events."""
+        # The events take an int: with top_n=None (keep all) that is every node given.
+        top_n = len(nodes) if self.top_n is None else self.top_n
         dispatcher.event(
             ReRankStartEvent(
-                query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=model_name(self)
+                query=query_bundle, nodes=nodes, top_n=top_n, model_name=model_name(self)
             )
         )
         payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: model_name(self),
             EventPayload.QUERY_STR: query,
-            EventPayload.TOP_K: self.top_n,
+            EventPayload.TOP_K: top_n,
         }
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
 
