@@ -13,6 +13,24 @@ from typing import Any
 import uvicorn
 
 
+class ClientPorts:
+    """An ASGI wrapper that records the client's TCP port of every HTTP request to ``path``.
+
+    One port is one connection: a client that reuses a keep-alive connection shows the same
+    port again, one that opens a new connection shows another.
+    """
+
+    def __init__(self, app: Any, path: str = "/rerank") -> None:
+        self.app = app
+        self.path = path
+        self.ports: list[int] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            self.ports.append(int(scope["client"][1]))
+        await self.app(scope, receive, send)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

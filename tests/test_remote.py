@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,10 +20,11 @@ from starlette.routing import Route
 from rerank_plugins import RerankEngine, Scorer
 from rerank_plugins.langchain import RerankCompressor
 from rerank_plugins.llama_index import RerankPostprocessor
-from rerank_plugins.remote import RemoteEngine, RemoteError
+from rerank_plugins.remote import RemoteApi, RemoteEngine, RemoteError
+from rerank_plugins.results import RerankResult
 from rerank_plugins.server import create_app
 from tests._models import SENTENCES
-from tests._serving import free_port, running
+from tests._serving import ClientPorts, free_port, running
 
 # Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
 pytestmark = pytest.mark.slow
@@ -44,11 +48,23 @@ def remote(request: pytest.FixtureRequest, url: str) -> Iterator[RemoteEngine]:
 class Scripted:
     """A stand-in server that answers a scripted sequence of statuses, counting the calls."""
 
-    def __init__(self, statuses: list[int], *, delay: float = 0.0, body: Any = None) -> None:
+    def __init__(
+        self,
+        statuses: list[int],
+        *,
+        delay: float = 0.0,
+        body: Any = None,
+        info: Any = None,
+        info_failures: int = 0,
+    ) -> None:
         self.statuses = statuses
         self.delay = delay
         self.body = body
+        self.info = info
+        self.info_failures = info_failures
         self.calls = 0
+        self.info_calls = 0
+        self.sizes: list[int] = []
 
     async def rerank(self, request: Request) -> Response:
         self.calls += 1
@@ -61,10 +77,20 @@ class Scripted:
         if self.body is not None:
             return JSONResponse(self.body)
         payload = await request.json()
+        self.sizes.append(len(payload["texts"]))
         return JSONResponse([{"index": i, "score": 0.5} for i in range(len(payload["texts"]))])
 
+    async def describe(self, request: Request) -> Response:
+        self.info_calls += 1
+        if self.info_calls <= self.info_failures:
+            return JSONResponse({"error": "scripted 503"}, 503)
+        return JSONResponse(self.info)
+
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/rerank", self.rerank, methods=["POST"])])
+        routes = [Route("/rerank", self.rerank, methods=["POST"])]
+        if self.info is not None:  # else GET /info is a 404, as on servers without it
+            routes.append(Route("/info", self.describe, methods=["GET"]))
+        return Starlette(routes=routes)
 
 
 # ---------------------------------------------------------------------- same answers as local
@@ -110,6 +136,113 @@ def test_long_lists_are_split_into_batch_size_requests(url: str) -> None:
         engine.score(QUERY, SENTENCES)
         assert engine.stats()["requests"] == 4  # 10 texts in 3 + 3 + 3 + 1
         assert engine.stats()["pairs"] == 10
+
+
+# ---------------------------------------------------------------------- the server's limits
+
+
+@pytest.fixture(scope="module")
+def five_per_request_url(bert_engine: RerankEngine) -> Iterator[str]:
+    with running(create_app(bert_engine, api_key=KEY, max_documents=5)) as base:
+        yield base
+
+
+@pytest.mark.parametrize("api", ["tei", "cohere", "infinity"])
+def test_requests_stay_within_the_max_documents_the_server_advertises(
+    five_per_request_url: str, bert_engine: RerankEngine, api: RemoteApi
+) -> None:
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} ({i})" for i in range(23)]
+    want = bert_engine.score(QUERY, texts)
+    threshold = sorted(want)[8]
+
+    def ranked(results: list[RerankResult]) -> list[tuple[int, float, str]]:
+        return [(r.index, r.score, r.text) for r in results]
+
+    # The default batch (32 texts for TEI, 1,000 for the others) is over the server's 5.
+    with RemoteEngine(five_per_request_url, api=api, api_key=KEY) as engine:
+        assert engine.score(QUERY, texts) == want
+        assert engine.stats()["requests"] == 5  # 5 + 5 + 5 + 5 + 3
+        assert engine.info.batch_size == 5
+        got = engine.rerank(QUERY, texts, top_n=7, score_threshold=threshold)
+        assert ranked(got) == ranked(bert_engine.rerank(QUERY, texts, 7, threshold))
+        assert asyncio.run(engine.ascore(QUERY, texts)) == want
+        got = asyncio.run(engine.arerank(QUERY, texts, top_n=7, score_threshold=threshold))
+        assert ranked(got) == ranked(bert_engine.rerank(QUERY, texts, 7, threshold))
+
+
+@pytest.mark.parametrize(
+    ("advertised", "batch_size", "sizes"),
+    [(2, None, [2, 2, 1]), (2, 1, [1] * 5), (1000, 3, [3, 2]), ("many", 3, [3, 2])],
+    ids=["server-limit-wins", "smaller-batch-size-wins", "larger-limit-ignored", "not-a-number"],
+)
+def test_the_servers_limit_is_read_once_and_caps_batch_size(
+    advertised: Any, batch_size: int | None, sizes: list[int]
+) -> None:
+    script = Scripted([200], info={"max_client_batch_size": advertised})
+    with running(script.app()) as base, RemoteEngine(base, batch_size=batch_size) as engine:
+        assert engine.score(QUERY, list("abcde")) == [0.5] * 5
+        assert asyncio.run(engine.ascore(QUERY, list("abcde"))) == [0.5] * 5
+        assert engine.score(QUERY, list("abcde")) == [0.5] * 5
+    assert script.info_calls == 1
+    assert sorted(script.sizes, reverse=True) == sorted(sizes * 3, reverse=True)
+
+
+def test_an_info_answer_that_may_pass_is_asked_again_on_the_next_call() -> None:
+    script = Scripted([200], info={"max_client_batch_size": 2}, info_failures=1)
+    with running(script.app()) as base, RemoteEngine(base) as engine:
+        assert engine.score(QUERY, list("abcde")) == [0.5] * 5  # /info said 503: batch_size
+        assert engine.score(QUERY, list("abcde")) == [0.5] * 5
+        assert engine.score(QUERY, list("abcde")) == [0.5] * 5
+    assert script.info_calls == 2
+    assert script.sizes == [5, 2, 2, 1, 2, 2, 1]
+
+
+def test_a_server_without_info_gets_batch_size_requests() -> None:
+    script = Scripted([200])
+    with running(script.app()) as base, RemoteEngine(base, batch_size=3) as engine:
+        assert engine.score(QUERY, list("abcdefg")) == [0.5] * 7
+        assert engine.score(QUERY, list("abcdefg")) == [0.5] * 7
+        assert engine.info.batch_size == 3
+    assert script.sizes == [3, 3, 1, 3, 3, 1]
+
+
+# ---------------------------------------------------------------------- forked workers
+
+# The engine a fork-context pool's workers inherit, as a module-level engine made at import
+# time would be.
+_PRE_FORK: RemoteEngine | None = None
+
+
+def _score_in_child(calls: int) -> tuple[int, list[list[float]]]:
+    """A pool worker: score through the inherited engine, sync and async."""
+    if _PRE_FORK is None:
+        msg = "_PRE_FORK is not set; the test sets it before it forks."
+        raise RuntimeError(msg)
+    answers = [_PRE_FORK.score(QUERY, SENTENCES[:3]) for _ in range(calls)]
+    answers.append(asyncio.run(_PRE_FORK.ascore(QUERY, SENTENCES[:3])))
+    return os.getpid(), answers
+
+
+@pytest.mark.timeout(300)
+def test_an_engine_made_before_a_fork_opens_its_own_connections_in_each_child(
+    bert_engine: RerankEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ClientPorts(create_app(bert_engine))
+    with running(server) as base, RemoteEngine(base, max_retries=0) as engine:
+        want = engine.score(QUERY, SENTENCES[:3])
+        (parent_port,) = server.ports  # the keep-alive connection the children inherit
+        monkeypatch.setattr(sys.modules[__name__], "_PRE_FORK", engine)
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            # The timeout only guards against a hang; the answers come back in seconds.
+            done = pool.map_async(_score_in_child, [30] * 4, chunksize=1).get(timeout=240)
+        # The parent's own connection pool still works after its children have gone.
+        assert engine.score(QUERY, SENTENCES[:3]) == want
+
+    assert {pid for pid, _ in done}.isdisjoint({os.getpid()})
+    assert all(answer == want for _, answers in done for answer in answers)
+    children_ports = server.ports[1 : 1 + 4 * 31]
+    assert len(children_ports) == 4 * 31
+    assert parent_port not in children_ports
 
 
 def test_empty_texts_answer_empty_without_a_request(remote: RemoteEngine) -> None:
@@ -181,9 +314,10 @@ def test_a_wrong_key_fails_at_once_with_the_status(url: str) -> None:
 
 
 def test_a_validation_error_is_not_retried_and_names_the_servers_message(url: str) -> None:
-    with RemoteEngine(url, api_key=KEY, batch_size=2000) as engine:
-        with pytest.raises(RemoteError, match="maximum allowed batch size 1000") as info:
-            engine.score(QUERY, ["a"] * 1001)
+    too_long = "a" * (64 * 1024 + 1)  # the server's default max_text_bytes is 64 KiB
+    with RemoteEngine(url, api_key=KEY) as engine:
+        with pytest.raises(RemoteError, match="the limit is 65536 bytes per text") as info:
+            engine.score(QUERY, ["a", too_long])
         assert info.value.status == 413
         assert engine.stats()["requests"] == 1
 

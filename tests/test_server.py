@@ -384,6 +384,32 @@ def test_the_right_token_is_let_in_and_health_needs_none(guarded_url: str) -> No
     assert httpx.get(f"{guarded_url}/health").json() == {"status": "ok"}
 
 
+@pytest.mark.parametrize(
+    "header",
+    [f"bearer {KEY}", f"BEARER {KEY}", f"bEaReR {KEY}", f"Bearer   {KEY}", f"bearer\t{KEY}"],
+    ids=["lowercase", "uppercase", "mixed-case", "several-spaces", "tab"],
+)
+def test_the_bearer_scheme_is_case_insensitive(guarded_url: str, header: str) -> None:
+    headers = {"Authorization": header}
+    ok = httpx.post(f"{guarded_url}/rerank", json={"query": "q", "texts": ["a"]}, headers=headers)
+    assert ok.status_code == 200, ok.text
+    assert httpx.get(f"{guarded_url}/info", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bearer wrong", "BEARER wrong", f"bearer {KEY}x", f"bearer {KEY.upper()}", f"Basic {KEY}"],
+    ids=["lowercase-wrong", "uppercase-wrong", "longer", "key-case-changed", "other-scheme"],
+)
+def test_a_wrong_key_gets_401_whatever_the_schemes_case(guarded_url: str, header: str) -> None:
+    response = httpx.post(
+        f"{guarded_url}/rerank",
+        json={"query": "q", "texts": ["a"]},
+        headers={"Authorization": header},
+    )
+    _error(response, 401, "auth")
+
+
 def test_an_empty_api_key_is_refused(bert_engine: RerankEngine) -> None:
     with pytest.raises(ValueError, match="api_key is empty"):
         create_app(bert_engine, api_key=" ")

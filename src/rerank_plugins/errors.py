@@ -12,7 +12,13 @@ __all__ = [
 
 
 class RerankError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    Every exception type of the package pickles to an equal one, so it crosses process
+    boundaries (multiprocessing, Ray, Celery): a subclass whose constructor takes more than
+    the message defines ``__reduce__`` (see `RemoteError`), and ``tests/test_pickling.py``
+    checks each of them.
+    """
 
 
 class MissingDependencyError(RerankError, ImportError):

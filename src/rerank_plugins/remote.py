@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -40,6 +43,19 @@ APIS: dict[str, tuple[str, int]] = {
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0
 
+# Guards the per-engine reset after a fork; made anew in each child, since a thread of the
+# parent may have held it at the fork.
+_FORK_LOCK = threading.Lock()
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_new_fork_lock)
+
 
 class RemoteError(RerankError, RuntimeError):
     """A rerank server answered with an error, or could not be reached after the retries.
@@ -53,6 +69,13 @@ class RemoteError(RerankError, RuntimeError):
         super().__init__(message)
         self.url = url
         self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions unpickle as ``cls(*args)``, which cannot pass the keyword-only ``url``: a
+        # worker's error sent back by multiprocessing (or Ray, Celery) would fail to load, and
+        # a multiprocessing.Pool whose result thread dies that way hangs.
+        rebuild = functools.partial(type(self), url=self.url, status=self.status)
+        return (rebuild, self.args, self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -88,10 +111,12 @@ class RemoteEngine:
 
     Long lists are split into requests of ``batch_size`` texts (sent concurrently by the async
     methods); scores come back in input order and ranking, thresholds and the ``top_n`` cut are
-    done here by the same code as the local engine's. Connections are pooled; a connect error,
-    a timeout, 408, 429 or a 5xx is retried with exponential backoff and jitter (honouring
-    ``Retry-After``), other 4xx answers fail at once. Scores are on the server's scale:
-    probabilities unless ``raw_scores=True``.
+    done here by the same code as the local engine's. On first use the engine reads the
+    server's ``GET /info`` once and keeps its requests within the ``max_client_batch_size`` it
+    advertises. Connections are pooled, one pool per process (an engine made before a fork
+    opens new connections in the child); a connect error, a timeout, 408, 429 or a 5xx is
+    retried with exponential backoff and jitter (honouring ``Retry-After``), other 4xx answers
+    fail at once. Scores are on the server's scale: probabilities unless ``raw_scores=True``.
 
     Args:
         url: Base URL of the server, e.g. ``"http://127.0.0.1:8080"``.
@@ -105,7 +130,8 @@ class RemoteEngine:
         backoff: Seconds before the first retry; doubled at each next one.
         max_backoff: Upper bound of one wait between attempts.
         batch_size: Texts per request (default: 32 for TEI, its default limit; 1,000 else).
-            Our server accepts up to its ``max_documents`` (1,000 by default).
+            A server that advertises a smaller limit in ``GET /info`` (our server and TEI
+            do, as ``max_client_batch_size``) gets batches of that size instead.
         raw_scores: Ask for raw logits instead of probabilities (TEI and infinity).
         truncate: TEI only: let the server cut over-long texts (as the local engine does);
             ``False`` makes an over-long text an error.
@@ -182,7 +208,14 @@ class RemoteEngine:
         self.info = RemoteInfo(
             model or self.url, self.url, api, batch_size, normalize=not raw_scores
         )
+        self._info_url = url.rstrip("/") + "/info"
+        # None: not read yet; 0: the server advertises no limit; else its texts per request.
+        self._server_max: int | None = None
         self._lock = threading.Lock()
+        # The process that opened the pools below: a forked child must not use the parent's
+        # sockets (two processes writing one keep-alive connection garble each other's
+        # requests), so it opens its own.
+        self._pid = os.getpid()
         self._client: Any = None
         # One async client per event loop: an httpx.AsyncClient's pooled connections belong to
         # the loop that opened them, and callers (asyncio.run per call, framework bridges) do
@@ -229,9 +262,10 @@ class RemoteEngine:
         query, texts = self._check(query, texts)
         instruction = check_instruction(instruction)
         deadline = _deadline(timeout)
+        if not texts:
+            return []
         scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
+        for chunk in _chunks(texts, self._batch_size(deadline)):
             scores += self._post(query, chunk, deadline, instruction)
         return scores
 
@@ -247,10 +281,9 @@ class RemoteEngine:
         query, texts = self._check(query, texts)
         instruction = check_instruction(instruction)
         deadline = _deadline(timeout)
-        chunks = [
-            texts[start : start + self.batch_size]
-            for start in range(0, len(texts), self.batch_size)
-        ]
+        if not texts:
+            return []
+        chunks = _chunks(texts, await self._abatch_size(deadline))
         parts = await asyncio.gather(
             *(self._apost(query, c, deadline, instruction) for c in chunks)
         )
@@ -318,6 +351,7 @@ class RemoteEngine:
         Async clients opened on event loops that are still running are closed by `aclose`;
         ``close`` drops them (their sockets close when they are collected).
         """
+        self._forget_parent_pools()
         with self._lock:
             self._closed = True
             client, self._client = self._client, None
@@ -328,6 +362,7 @@ class RemoteEngine:
     async def aclose(self) -> None:
         """Close the pooled connections, including this event loop's async client."""
         loop = asyncio.get_running_loop()
+        self._forget_parent_pools()
         with self._lock:
             aclient = self._aclients.pop(loop, None)
         if aclient is not None:
@@ -372,7 +407,27 @@ class RemoteEngine:
             max_connections=self.max_connections, max_keepalive_connections=self.max_connections
         )
 
+    def _forget_parent_pools(self) -> None:
+        """In a forked child, drop (never close, never use) the pools the parent opened.
+
+        Closing them here would shut down connections the parent still uses; the child's
+        copies of their sockets are closed when the dropped clients are collected, which
+        leaves the parent's connections open.
+        """
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with _FORK_LOCK:
+            if self._pid == pid:
+                return
+            # A thread of the parent may have held the lock at the fork; it does not exist here.
+            self._lock = threading.Lock()
+            self._client = None
+            self._aclients = weakref.WeakKeyDictionary()
+            self._pid = pid
+
     def _sync_client(self) -> Any:
+        self._forget_parent_pools()
         with self._lock:
             if self._closed:
                 raise RemoteError(self._closed_message(), url=self.url)
@@ -385,6 +440,7 @@ class RemoteEngine:
 
     def _async_client(self) -> Any:
         loop = asyncio.get_running_loop()
+        self._forget_parent_pools()
         with self._lock:
             if self._closed:
                 raise RemoteError(self._closed_message(), url=self.url)
@@ -396,6 +452,64 @@ class RemoteEngine:
                 )
                 self._aclients[loop] = client
             return client
+
+    def _batch_size(self, deadline: float | None) -> int:
+        """Texts per request: ``batch_size``, within the limit the server advertises."""
+        if self._server_max is None:
+            try:
+                response = self._sync_client().get(self._info_url, **self._left(deadline))
+            except _httpx().TransportError as exc:
+                # Not remembered: the rerank request reports an unreachable server, and the
+                # next call reads the limit again.
+                logger.debug("could not read %s (%s)", self._info_url, exc)
+                return self.batch_size
+            self._learn_limit(response)
+        return self._capped()
+
+    async def _abatch_size(self, deadline: float | None) -> int:
+        """Async `_batch_size`."""
+        if self._server_max is None:
+            try:
+                response = await self._async_client().get(self._info_url, **self._left(deadline))
+            except _httpx().TransportError as exc:
+                logger.debug("could not read %s (%s)", self._info_url, exc)
+                return self.batch_size
+            self._learn_limit(response)
+        return self._capped()
+
+    def _learn_limit(self, response: Any) -> None:
+        """Remember the server's texts per request from its ``/info`` answer (0: none given).
+
+        Servers without ``/info`` (Cohere, infinity) answer 404 or something else: that, too,
+        is remembered as "no limit advertised", so the lookup happens once per engine. A
+        passing failure (429, 5xx) is not remembered: the next call asks again.
+        """
+        if response.status_code in _RETRY_STATUSES:
+            return
+        limit = 0
+        if response.status_code == 200:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            value = body.get("max_client_batch_size") if isinstance(body, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                limit = value
+        self._server_max = limit
+        if 0 < limit < self.batch_size:
+            logger.info(
+                "the rerank server at %s takes at most %d texts per request; sending batches "
+                "of %d instead of %d",
+                self.url,
+                limit,
+                limit,
+                self.batch_size,
+            )
+            self.info = dataclasses.replace(self.info, batch_size=limit)
+
+    def _capped(self) -> int:
+        limit = self._server_max
+        return min(self.batch_size, limit) if limit else self.batch_size
 
     def _payload(
         self, query: str, texts: list[str], instruction: str | None = None
@@ -615,6 +729,10 @@ def _results(
     scores: list[float], texts: list[str], top_n: int | None, score_threshold: float | None
 ) -> list[RerankResult]:
     return [RerankResult(i, scores[i], texts[i]) for i in select(scores, top_n, score_threshold)]
+
+
+def _chunks(texts: list[str], size: int) -> list[list[str]]:
+    return [texts[start : start + size] for start in range(0, len(texts), size)]
 
 
 def _deadline(timeout: float | None) -> float | None:

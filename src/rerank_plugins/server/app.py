@@ -68,7 +68,8 @@ def create_app(
 
     Args:
         engine: The engine that scores (a `RerankEngine`, or any `Scorer`).
-        api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
+        api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <key>``
+            (the scheme in any case, as RFC 7235 has it).
         max_documents: Texts per request (TEI's ``max_client_batch_size``).
         max_text_bytes: UTF-8 bytes of the query and of each text.
         max_request_bytes: Bytes of a whole request body.
@@ -96,7 +97,7 @@ def create_app(
     name = model_id or engine.info.model
     normalized = engine.info.normalize
     metrics = ServerMetrics()
-    expected = f"Bearer {api_key}".encode() if api_key is not None else None
+    expected = api_key.encode() if api_key is not None else None
 
     app = FastAPI(
         title="rerank-plugins",
@@ -112,8 +113,7 @@ def create_app(
     def check_auth(request: Request) -> None:
         if expected is None:
             return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not hmac.compare_digest(_bearer_token(request.headers.get("authorization")), expected):
             msg = (
                 "missing or wrong API key; send the header 'Authorization: Bearer <key>' "
                 "with the key the server was started with."
@@ -197,6 +197,18 @@ def create_app(
         return PlainTextResponse(metrics.render(stats), media_type=_PROMETHEUS)
 
     return app
+
+
+def _bearer_token(header: str | None) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header; ``b""`` for any other header.
+
+    Auth schemes are case-insensitive (RFC 7235), so ``bearer`` and ``BEARER`` count, and any
+    run of spaces or tabs may separate the scheme from the token.
+    """
+    parts = (header or "").split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return b""
+    return parts[1].strip().encode()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -51,6 +51,11 @@ class ApiError(Exception):
         self.error_type = error_type
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions unpickle as ``cls(*args)`` and ``args`` holds only the message: rebuild
+        # from all three fields, so the error survives a trip between processes.
+        return (type(self), (self.status, self.error_type, self.message), self.__dict__)
+
     @property
     def body(self) -> dict[str, str]:
         """The JSON error body, in text-embeddings-inference's shape."""
