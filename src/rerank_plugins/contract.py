@@ -141,6 +141,9 @@ class EngineInfo:
         streams: Forward passes run side by side (CPU), each on ``threads_per_stream`` threads.
         threads_per_stream: Intra-op threads of one pass (None where the backend sets its own).
         details: Backend-specific facts (attention implementation, model class ...).
+        warnings: What makes this model's scores untrustworthy, found at load: a checkpoint
+            with no trained scoring head (an embedding model passed as a reranker). Empty
+            when all is well; each is also logged once, as a warning, at load.
     """
 
     model: str
@@ -157,3 +160,4 @@ class EngineInfo:
     streams: int = 1
     threads_per_stream: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()

@@ -228,6 +228,8 @@ class RerankEngine:
         self._stream_shape = (streams, threads) if streams > 1 and threads is not None else None
         self._streams: StreamPool[list[_Item]] | None = None
         self._worker: threading.Thread | None = None
+        details = dict(backend.describe())
+        warnings = tuple(str(w) for w in details.pop("warnings", ()))
         self.info = EngineInfo(
             model=config.model,
             backend=backend.name,
@@ -244,10 +246,13 @@ class RerankEngine:
             max_batch_size=self.policy.max_batch_size,
             streams=streams,
             threads_per_stream=threads,
-            details=dict(backend.describe()),
+            details=details,
+            warnings=warnings,
         )
         self._start_worker()
         registry.track(self)
+        for warning in self.info.warnings:
+            logger.warning("%s", warning)
         logger.info(
             "rerank engine ready: model=%s backend=%s (%s) device=%s precision=%s "
             "max_length=%d batch_tokens=%d max_batch_size=%d streams=%d cache_size=%d",

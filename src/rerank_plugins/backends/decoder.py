@@ -20,6 +20,7 @@ from rerank_plugins.backends._decoder_formats import (
     Qwen3Format,
 )
 from rerank_plugins.backends._decoder_runner import DecoderRunner, shared_prefix_length
+from rerank_plugins.backends._heads import head_warnings
 from rerank_plugins.backends._hf import (
     TorchBackendBase,
     check_model_reference,
@@ -181,6 +182,7 @@ class DecoderBackend(TorchBackendBase):
         except Exception as exc:
             msg = f"could not load decoder reranker {config.model!r}: {exc}"
             raise ModelLoadError(msg) from exc
+        self.warnings = head_warnings(config.model, model, config.revision)
         pad = tokenizer.pad_token_id
         pad_id = int(pad) if pad is not None else int(tokenizer.eos_token_id or 0)
         self.runner: DecoderRunner = DecoderRunner(
@@ -225,6 +227,7 @@ class DecoderBackend(TorchBackendBase):
             "score_tokens": [tokens.true, tokens.false],
             "default_instruction": self.format.default_instruction,
             "model_class": self._model_class,
+            "warnings": list(self.warnings),
         }
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from rerank_plugins._imports import require
+from rerank_plugins.backends._heads import head_warnings
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
@@ -133,6 +134,7 @@ class FlagBackend(TorchBackendBase):
             msg = f"FlagEmbedding could not load {config.model!r}: {exc}."
             raise ModelLoadError(msg) from exc
         model = self._reranker.model
+        self.warnings = head_warnings(config.model, model, config.revision)
         tokenizer = self._reranker.tokenizer
         limit = model_token_limit(tokenizer, model.config)
         cap = LLM_MAX_LENGTH_CAP if self.llm else DEFAULT_MAX_LENGTH_CAP
@@ -188,6 +190,7 @@ class FlagBackend(TorchBackendBase):
             "flag_class": kind,
             **runner,
             "pair_encoding": pairs if self.round_trip else "token ids",
+            "warnings": list(self.warnings),
         }
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from rerank_plugins.backends._first_token import (
     install_first_token_last_layer,
     last_layer_label,
 )
+from rerank_plugins.backends._heads import head_warnings
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
@@ -411,6 +412,8 @@ class OnnxBackend(BackendBase):
         if self.encoder.use_token_types:
             self.input_names.append("token_type_ids")
         self._model_class = (getattr(hf_config, "architectures", None) or ["?"])[0]
+        # The exported graph holds whatever head the checkpoint had: the config tells.
+        self.warnings = head_warnings(config.model, None, config.revision)
         self.path, self.built = self._cached_model(config, getattr(hf_config, "_commit_hash", None))
         self.threads = thread_count()
         try:
@@ -494,6 +497,7 @@ class OnnxBackend(BackendBase):
         """Backend facts for the engine's info."""
         return {
             "model_class": self._model_class,
+            "warnings": list(self.warnings),
             "onnx_file": str(self.path),
             "built_now": self.built,
             "execution_provider": self.providers[0] if self.providers else "?",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerank_plugins._imports import require
+from rerank_plugins.backends._heads import head_warnings
 from rerank_plugins.backends._hf import (
     DEFAULT_MAX_LENGTH_CAP,
     PairEncoder,
@@ -57,6 +58,7 @@ class SentenceTransformersBackend(TorchBackendBase):
         if hf_model is None:
             msg = f"{config.model!r} has no Hugging Face transformer model to run."
             raise ModelLoadError(msg)
+        self.warnings = head_warnings(config.model, hf_model, config.revision)
         tokenizer = ce.tokenizer
         limit = model_token_limit(tokenizer, hf_model.config)
         self.max_length = resolve_max_length(config.max_length, limit, cap=DEFAULT_MAX_LENGTH_CAP)
@@ -78,7 +80,11 @@ class SentenceTransformersBackend(TorchBackendBase):
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for the engine's info."""
-        return {**self.runner.describe(), "model_class": type(self._ce.model).__name__}
+        return {
+            **self.runner.describe(),
+            "model_class": type(self._ce.model).__name__,
+            "warnings": list(self.warnings),
+        }
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""

@@ -183,6 +183,8 @@ def create_app(
                 "apis": ["tei", "cohere"],
                 "auth": expected is not None,
                 "version": __version__,
+                # What makes the scores untrustworthy (an untrained head), found at load.
+                "warnings": list(details.get("warnings", ())),
                 "engine": _jsonable(details),
             }
         )
