@@ -118,9 +118,7 @@ def test_trained_rerankers_of_every_kind_load_without_a_warning(
         engine.close()
 
 
-def test_the_head_check_reads_only_what_the_checkpoint_holds(
-    bert_path: str, headless: str
-) -> None:
+def test_the_head_check_reads_only_what_the_checkpoint_holds(bert_path: str, headless: str) -> None:
     import transformers
 
     model = transformers.AutoModelForSequenceClassification.from_pretrained(bert_path)

@@ -57,9 +57,7 @@ def untrained_head(hf_model: Any, keys: set[str]) -> list[str]:
     present: the checkpoint leaves it out on purpose.
     """
     prefix = f"{getattr(hf_model, 'base_model_prefix', '')}."
-    base = {
-        p.data_ptr() for name, p in hf_model.named_parameters() if name.startswith(prefix)
-    }
+    base = {p.data_ptr() for name, p in hf_model.named_parameters() if name.startswith(prefix)}
     missing = []
     for name, param in hf_model.named_parameters(remove_duplicate=False):
         if name.startswith(prefix) or param.data_ptr() in base:
