@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rerank_plugins.cli import COMMANDS, main
+from rerank_plugins.cli._common import plural
 from rerank_plugins.data import demo_queries
 
 # Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
@@ -201,7 +203,8 @@ def test_rerank_with_an_unknown_model_fails_with_one_line(tmp_path: Path) -> Non
     assert_one_line_error(
         cli("rerank", "-m", "rerank-plugins-tests/no-such-model", "-q", "q", stdin="a doc\n"),
         1,
-        "could not load cross-encoder 'rerank-plugins-tests/no-such-model'",
+        "model 'rerank-plugins-tests/no-such-model' is neither a local folder nor in the "
+        "Hugging Face cache",
     )
 
 
@@ -213,6 +216,136 @@ def test_rerank_with_a_missing_model_folder_fails_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("error: model folder") and "does not exist" in err[0]
+
+
+def _not_a_model(kind: str, folder: Path) -> str:
+    folder.mkdir()
+    if kind == "a text file":
+        (folder / "notes.txt").write_text("not a model\n")
+    elif kind == "a config.json without model_type":
+        (folder / "config.json").write_text('{"hidden_size": 8}')
+    elif kind == "a config.json but no weights":
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("kind", "missing"),
+    [
+        ("nothing", "is empty"),
+        ("a text file", "has no config.json"),
+        ("a config.json without model_type", "has no model_type"),
+        ("a config.json but no weights", "no weights"),
+    ],
+)
+def test_a_folder_that_is_not_a_model_fails_with_a_short_line_naming_what_is_missing(
+    kind: str, missing: str, tmp_path: Path, docs_file: Path, capsys
+) -> None:
+    folder = _not_a_model(kind, tmp_path / "not-a-model")
+    assert main(["rerank", "-m", folder, "-q", "q", "--docs", str(docs_file)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) < 300, err
+    assert repr(folder) in err[0] and missing in err[0]
+    assert "pass a folder" in err[0] or "copy the weights" in err[0]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--backend", "bogus"],
+        ["--device", "tpu"],
+        ["--precision", "int8"],
+        ["--max-length", "-1"],
+        ["--max-length", "0"],
+        ["--max-length", "many"],
+        ["--backend", "onnx", "--decoder-protocol", "qwen3"],
+        ["--long-documents", "sometimes"],
+    ],
+    ids=" ".join,
+)
+@pytest.mark.parametrize("command", ["rerank", "eval", "demo", "serve"])
+def test_a_bad_engine_option_is_a_usage_error_before_any_model_loads(
+    command: str, bad: list[str], tmp_path: Path, docs_file: Path, capsys
+) -> None:
+    # The model named does not exist: a bad option must be refused before it is looked for.
+    model = str(tmp_path / "no-such-model")
+    argv = {
+        "rerank": ["rerank", "-m", model, "-q", "q", "--docs", str(docs_file)],
+        "eval": ["eval", str(Path(__file__).parent / "data" / "beir_sample"), "-m", model],
+        "demo": ["demo", "--reranker", model],
+        "serve": ["serve", "-m", model],
+    }[command]
+    if command == "eval":
+        argv += ["--run", str(Path(__file__).parent / "data" / "beir_sample" / "run.trec")]
+    try:
+        code = main([*argv, *bad])
+    except SystemExit as exit_:  # argparse's own checks (types, choices)
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "does not exist" not in err[0]
+
+
+def test_a_max_length_above_the_model_limit_is_a_usage_error(
+    bert_path: str, docs_file: Path, capsys
+) -> None:
+    argv = ["rerank", "-m", bert_path, "--device", "cpu", "-q", "q", "--docs", str(docs_file)]
+    assert main([*argv, "--max-length", "4096"]) == 2
+    # The last line: in process, transformers (imported before the command set its progress-bar
+    # switch) may draw its loading bar above it.
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: --max-length 4096 exceeds the model's limit of 512 tokens; pass <= 512."
+
+
+def test_a_model_that_fails_to_load_stays_a_runtime_error(tmp_path: Path, docs_file: Path) -> None:
+    folder = _not_a_model("nothing", tmp_path / "empty")
+    assert main(["rerank", "-m", folder, "-q", "q", "--docs", str(docs_file)]) == 1
+
+
+def test_rerank_counts_in_the_singular_for_one_document(
+    bert_path: str, tmp_path: Path, capsys
+) -> None:
+    one = tmp_path / "one.txt"
+    one.write_text("rag combines retrieval and generation\n", encoding="utf-8")
+    assert main(["rerank", "-m", bert_path, "--device", "cpu", "-q", "q", "--docs", str(one)]) == 0
+    assert "reranked 1 document in " in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- help and docs
+
+
+def _subcommands() -> list[str]:
+    from rerank_plugins.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(subparsers.choices)
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_no_help_text_shows_a_doubled_percent_sign(command: str, capsys) -> None:
+    try:
+        code = main([*([command] if command else []), "--help"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "usage: rerank-plugins" in out
+    assert "%%" not in out
+
+
+def test_eval_help_names_the_share_of_relevant_documents_kept(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "80/90/95% of the relevant" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_docs_command_table_lists_exactly_the_parser_subcommands() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^\| `rerank-plugins (\S+)` \|", page, re.M)
+    assert sorted(documented) == sorted(_subcommands())
+    assert len(documented) == len(set(documented))
 
 
 # ---------------------------------------------------------------------- demo
@@ -252,6 +385,21 @@ def test_demo_runs_offline(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_demo_counts_in_the_singular_for_one_query_and_one_candidate(
+    bert_path: str, capsys
+) -> None:
+    from rerank_plugins.models.offline import bi_encoder_path
+
+    argv = ["demo", "--bi-encoder", bi_encoder_path(), "--reranker", bert_path, "--device", "cpu"]
+    assert main([*argv, "-q", "Why is the sky blue?", "--top-k", "1", "--candidates", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "rerank 1 candidate " in out
+    assert "summary: 1 query, " in out
+    assert "in 0 of 1 query" in out  # one candidate: reranking cannot change the top 1
+    wrong = re.findall(r"\b1 (?:queries|candidates|documents|passages|pairs|topics|passes)\b", out)
+    assert not wrong, wrong
+
+
 def test_demo_with_local_models_shows_no_fallback_notice(bert_path: str, capsys) -> None:
     from rerank_plugins.models.offline import bi_encoder_path
 
@@ -285,3 +433,10 @@ def test_bench_points_at_the_repository_harness_in_one_line(capsys) -> None:
     assert "not part of the installed package" in err[0] and "make bench" in err[0]
     assert main(["bench", "--help"]) == 0
     assert "make bench" in capsys.readouterr().out
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    assert plural(1, "query", "queries") == "1 query"
+    assert plural(2, "query", "queries") == "2 queries"
+    assert plural(0, "document") == "0 documents"
+    assert plural(1, "forward pass", "forward passes") == "1 forward pass"

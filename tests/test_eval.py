@@ -7,11 +7,15 @@ import math
 import random
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rerank_plugins import RerankEngine
+from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.evaluation import (
     evaluate,
     evaluate_run,
@@ -108,6 +112,97 @@ def test_evaluate_reports_both_stages_latency_and_thresholds(bert_path: str) -> 
     assert report.thresholds["keep_95%"] <= report.thresholds["keep_80%"]
 
 
+class FakeClock:
+    """Seconds that pass only when a forward pass runs: time is an input of the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+class TickingBackend(BackendBase):
+    """A real backend whose every forward pass also advances ``clock`` by ``tick`` seconds."""
+
+    def __init__(self, inner: Any, clock: FakeClock, tick: float) -> None:
+        self.inner, self.clock, self.tick = inner, clock, tick
+        self.name, self.device = inner.name, inner.device
+        self.precision, self.max_length = inner.precision, inner.max_length
+        self.supports_windows = inner.supports_windows
+        self.passes = 0
+        self.lock = threading.Lock()
+
+    def encode(self, query: str, texts: Sequence[str]) -> list[Encoded]:
+        return self.inner.encode(query, texts)
+
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        logits = self.inner.forward(batch)
+        with self.lock:
+            self.passes += 1
+        self.clock.advance(self.tick)
+        return logits
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        pass
+
+
+TICK = 0.25  # seconds of fake time per forward pass
+
+
+@pytest.fixture(scope="module")
+def bert_backend(bert_path: str):
+    engine = RerankEngine(bert_path, device="cpu")
+    yield engine.backend
+    engine.close()
+
+
+def test_the_reported_latency_is_the_time_of_the_forward_passes(bert_backend) -> None:
+    data = load_beir(SAMPLE)
+    run = load_trec_run(SAMPLE / "run.trec")
+    clock = FakeClock()
+    backend = TickingBackend(bert_backend, clock, TICK)
+    # max_batch_size=4: several passes per query, so a count of passes is not a count of queries
+    with RerankEngine.from_backend(backend, max_batch_size=4) as engine:
+        report = evaluate(data, engine, run, candidates=20, clock=clock)
+        totals = engine.stats()
+    pairs = 20 * len(data.queries)
+    assert backend.passes > len(data.queries)
+    # every pass ran inside a timed rerank, and nothing else moved the clock
+    assert report.latency_ms["mean"] * len(data.queries) == pytest.approx(
+        backend.passes * TICK * 1000
+    )
+    assert report.pairs_per_second == pytest.approx(pairs / (backend.passes * TICK))
+    assert report.rerank_stats["forward_passes"] == backend.passes
+    assert report.rerank_stats["forward_pairs"] == pairs  # each timed pair was forward-passed
+    assert report.rerank_stats["cache_hits"] == 0
+    assert totals["forward_pairs"] == pairs  # ... and scored once overall
+
+
+def test_a_warm_cache_shows_as_cache_hits_not_as_speed(bert_backend) -> None:
+    data = load_beir(SAMPLE)
+    run = load_trec_run(SAMPLE / "run.trec")
+    clock = FakeClock()
+    backend = TickingBackend(bert_backend, clock, TICK)
+    with RerankEngine.from_backend(backend) as engine:
+        evaluate(data, engine, run, candidates=20, clock=clock)
+        passes = backend.passes
+        again = evaluate(data, engine, run, candidates=20, clock=clock)
+    assert backend.passes == passes  # the second run is answered from the cache
+    assert again.rerank_stats["cache_hits"] == 20 * len(data.queries)
+    assert again.rerank_stats["forward_pairs"] == 0
+    assert again.latency_ms["mean"] == 0.0 and again.pairs_per_second == 0.0
+
+
 def test_a_reranker_that_knows_the_answers_improves_ndcg() -> None:
     data = load_beir(SAMPLE)
     run = load_trec_run(SAMPLE / "run.trec")
@@ -192,6 +287,24 @@ def test_eval_command_with_a_bi_encoder(bert_path: str, tmp_path: Path) -> None:
     results = json.loads(output.read_text())
     # the real MiniLM bi-encoder finds the relevant passages of this easy sample
     assert results["first_stage"]["recall@10"] > 0.8
+
+
+def test_eval_command_reranks_each_candidate_once_on_the_cold_path(
+    bert_path: str, tmp_path: Path, capsys
+) -> None:
+    """The bi-encoder first stage only searches; the timed rerank runs every pair's forward pass."""
+    from rerank_plugins.cli import main
+    from rerank_plugins.models.offline import bi_encoder_path
+
+    output = tmp_path / "results.json"
+    argv = ["eval", str(SAMPLE), "--reranker", bert_path, "--bi-encoder", bi_encoder_path()]
+    assert main([*argv, "--candidates", "10", "--device", "cpu", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    pairs = 10 * results["queries"]
+    assert results["rerank_stats"]["forward_pairs"] == pairs
+    assert results["rerank_stats"]["cache_hits"] == 0
+    assert results["engine_stats"]["forward_pairs"] == pairs  # the first stage scored none
+    assert f"timed: {pairs} pairs in " in capsys.readouterr().out
 
 
 def test_eval_command_refuses_bad_input_with_one_line(tmp_path: Path, bert_path: str) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from rerank_plugins.engine import RerankEngine
 
 __all__ = [
     "USAGE_ERROR",
@@ -16,10 +20,14 @@ __all__ = [
     "add_engine_arguments",
     "add_instruction_argument",
     "boxed",
+    "check_engine_options",
     "engine_options",
     "err",
+    "load_engine",
     "one_line",
     "out",
+    "plural",
+    "positive_int",
     "shorten",
     "table",
     "terminal_width",
@@ -27,6 +35,16 @@ __all__ = [
 
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
+
+# The engine options that `add_engine_arguments` sets from flags of the same name.
+_ENGINE_FLAGS = (
+    "device",
+    "backend",
+    "precision",
+    "max_length",
+    "long_documents",
+    "decoder_protocol",
+)
 
 
 class CliError(Exception):
@@ -71,6 +89,35 @@ def one_line(exc: BaseException) -> str:
     """An exception's message on a single line (library errors can span several)."""
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``count`` and the noun that agrees with it (``plural_form`` default: ``singular + "s"``).
+
+    Examples:
+        >>> plural(1, "query", "queries"), plural(2, "query", "queries"), plural(0, "document")
+        ('1 query', '2 queries', '0 documents')
+    """
+    noun = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count} {noun}"
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type=``: a whole number of at least 1 (argparse turns the error into usage).
+
+    Examples:
+        >>> positive_int("3")
+        3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"expected a whole number of at least 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def terminal_width(default: int = 120) -> int:
@@ -153,7 +200,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         help="auto: fp32 on CPU, bf16 or fp16 on CUDA; int8 with --backend onnx",
     )
-    group.add_argument("--max-length", type=int, metavar="T", help="tokens per pair")
+    group.add_argument("--max-length", type=positive_int, metavar="T", help="tokens per pair")
     group.add_argument(
         "--long-documents",
         default="truncate",
@@ -191,3 +238,73 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_length is not None:
         options["max_length"] = args.max_length
     return options
+
+
+def check_engine_options(model: str, options: dict[str, Any]) -> None:
+    """Refuse option values the engine would refuse, before any model loads (exit code 2).
+
+    Args:
+        model: The model the options are for.
+        options: What `engine_options` returned (and any the command adds).
+
+    Raises:
+        CliError: A bad value, named by its flag, with exit code 2.
+
+    Examples:
+        >>> check_engine_options("some/model", {"backend": "bogus"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rerank_plugins.cli._common.CliError: unknown --backend 'bogus'; expected one of auto, ...
+    """
+    from rerank_plugins.config import EngineConfig
+
+    try:
+        EngineConfig.from_options(model, options)
+    except (TypeError, ValueError) as exc:
+        raise CliError(_flag_names(one_line(exc))) from exc
+
+
+def load_engine(model: str, options: dict[str, Any]) -> RerankEngine:
+    """The shared engine for ``model``: a bad option value exits 2, a model that fails to load 1.
+
+    Option values only the loaded model can judge (``--max-length`` above its limit, ``--device
+    cuda`` without CUDA) are plain ``ValueError`` s of the backends, told apart from
+    `rerank_plugins.ModelLoadError` (and the other `rerank_plugins.RerankError` s), which stay
+    failures while running.
+
+    Args:
+        model: Hub id or folder.
+        options: Engine options (`engine_options` and any the command adds).
+
+    Raises:
+        CliError: A bad option value (exit code 2).
+        RerankError: The model cannot be found or loaded, or a dependency is missing.
+    """
+    from rerank_plugins import get_engine
+    from rerank_plugins.errors import RerankError
+
+    check_engine_options(model, options)
+    try:
+        return get_engine(model, **options)
+    except RerankError:
+        raise
+    except ValueError as exc:
+        raise CliError(_flag_names(one_line(exc))) from exc
+
+
+def _flag_names(message: str) -> str:
+    """``message`` with the engine's option names written as the flags that set them.
+
+    Only where a name is the subject (``max_length must ...``, ``unknown backend ...``) or is
+    assigned (``backend='onnx'`` becomes ``--backend onnx``), so prose such as "needs a
+    backend" stays as it is.
+
+    Examples:
+        >>> _flag_names("max_length must be >= 1; pass backend='onnx'.")
+        '--max-length must be >= 1; pass --backend onnx.'
+    """
+    for name in _ENGINE_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        message = re.sub(rf"(?<![\w-]){name}=('?)([^\s';,]*)\1", rf"{flag} \2", message)
+        message = re.sub(rf"^(unknown )?{name}\b", rf"\g<1>{flag}", message)
+    return message

@@ -12,12 +12,15 @@ from rerank_plugins.cli._common import (
     CliError,
     add_engine_arguments,
     boxed,
+    check_engine_options,
     engine_options,
-    one_line,
+    load_engine,
     out,
+    plural,
     shorten,
     terminal_width,
 )
+from rerank_plugins.models import error_clause
 from rerank_plugins.retrieval.retriever import DEFAULT_BI_ENCODER, DEFAULT_RERANKER
 
 if TYPE_CHECKING:
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     _check_args(args)
+    options = engine_options(args)
+    check_engine_options(args.reranker, options)
 
     from rerank_plugins.data import demo_queries, load_corpus
     from rerank_plugins.models.offline import UNTRAINED_HEAD_NOTICE
@@ -93,14 +98,17 @@ def run(args: argparse.Namespace) -> int:
     topics = len({p.metadata.get("topic") for p in corpus})
     width = terminal_width()
 
-    out(f"rerank-plugins demo: two-stage retrieval over {len(corpus)} passages ({topics} topics)")
+    out(
+        f"rerank-plugins demo: two-stage retrieval over {plural(len(corpus), 'passage')} "
+        f"({plural(topics, 'topic')})"
+    )
     out("that ship with the package. Stage 1: bi-encoder + exact vector search.")
     out("Stage 2: the shared cross-encoder engine rescores every candidate.")
     out()
     out("loading models ...")
     start = time.perf_counter()
     encoder, bi = _load_bi_encoder(args.bi_encoder, args.device)
-    engine, ce = _load_reranker(args.reranker, engine_options(args))
+    engine, ce = _load_reranker(args.reranker, options)
     load_s = time.perf_counter() - start
     info = engine.info
     out(_describe("bi-encoder", bi, width))
@@ -124,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     )
     index_s = time.perf_counter() - start
     out(
-        f"indexed {len(retriever)} passages in {index_s * 1000:.0f} ms "
+        f"indexed {plural(len(retriever), 'passage')} in {index_s * 1000:.0f} ms "
         f"({len(corpus) / index_s:.0f} passages/s) into an in-memory store"
     )
     # The first forward pass pays one-time set-up (kernel selection, thread pools); keep it
@@ -176,10 +184,8 @@ def _load_bi_encoder(name: str, device: str) -> tuple[BiEncoder, ResolvedModel]:
 
 
 def _load_reranker(name: str, options: dict[str, Any]) -> tuple[RerankEngine, ResolvedModel]:
-    from rerank_plugins import get_engine
-
     def load(model: str) -> RerankEngine:
-        return get_engine(model, **options)
+        return load_engine(model, options)
 
     return _load_with_fallback(name, "cross-encoder", name == DEFAULT_RERANKER, load)
 
@@ -196,7 +202,7 @@ def _load_with_fallback(name: str, kind: ModelKind, is_default: bool, load: Any)
         if resolved.fallback or not is_default or os.path.isdir(name):
             raise
         # The hub answered, but the download or the load failed: same remedy.
-        reason = f"{name!r} failed to load: {shorten(one_line(exc), 160)}"
+        reason = f"{name!r} failed to load: {error_clause(exc, limit=160)}"
         resolved = fallback_for(name, kind, reason)
         return load(resolved.model), resolved
 
@@ -227,7 +233,8 @@ def _print_run(n: int, total: int, run: Retrieval, top_k: int, width: int) -> No
     rate = pairs / (t.rerank_ms / 1000) if t.rerank_ms > 0 else float("inf")
     out(f"[{n}/{total}] {run.query}")
     out(
-        f"  embed {t.embed_ms:.1f} ms | search {t.search_ms:.1f} ms | rerank {pairs} candidates "
+        f"  embed {t.embed_ms:.1f} ms | search {t.search_ms:.1f} ms | "
+        f"rerank {plural(pairs, 'candidate')} "
         f"{t.rerank_ms:.0f} ms ({rate:.0f} pairs/s) | total {t.total_ms:.0f} ms"
     )
     # Two columns: "  #  cosine  passage" | "  #  score  was  passage".
@@ -266,11 +273,13 @@ def _print_summary(runs: list[Retrieval], engine: RerankEngine, top_k: int) -> N
     )
     stats = engine.stats()
     out(
-        f"summary: {n} queries, mean per query: embed {embed:.1f} ms, search {search:.1f} ms, "
+        f"summary: {plural(n, 'query', 'queries')}, mean per query: embed {embed:.1f} ms, "
+        f"search {search:.1f} ms, "
         f"rerank {rerank:.0f} ms"
     )
     out(
         f"  reranker throughput {pairs / rerank_s if rerank_s else 0:.0f} pairs/s "
-        f"({stats['forward_passes']} forward passes for {stats['forward_pairs']} pairs); "
-        f"reranking changed the top {top_k} in {moved} of {n} queries"
+        f"({plural(stats['forward_passes'], 'forward pass', 'forward passes')} for "
+        f"{plural(stats['forward_pairs'], 'pair')}); "
+        f"reranking changed the top {top_k} in {moved} of {plural(n, 'query', 'queries')}"
     )

@@ -12,13 +12,17 @@ from rerank_plugins.cli._common import (
     CliError,
     add_engine_arguments,
     add_instruction_argument,
+    check_engine_options,
     engine_options,
     err,
+    load_engine,
     out,
+    plural,
     shorten,
     table,
     terminal_width,
 )
+from rerank_plugins.models import error_clause
 
 __all__ = ["read_documents", "register", "run"]
 
@@ -82,17 +86,18 @@ def run(args: argparse.Namespace) -> int:
     if args.top_n is not None and args.top_n < 1:
         msg = f"--top-n must be at least 1, got {args.top_n}."
         raise CliError(msg)
+    options = engine_options(args)
+    check_engine_options(args.model, options)
     source, raw = _read_source(args.docs)
     texts = read_documents(raw, source, text_field=args.text_field)
     if not texts:
         msg = f"no documents in {source}; pass one document per line, or JSON lines."
         raise CliError(msg)
 
-    from rerank_plugins import get_engine
     from rerank_plugins.models.offline import UNTRAINED_HEAD_NOTICE, is_untrained_fallback
     from rerank_plugins.results import select
 
-    engine = get_engine(args.model, **engine_options(args))
+    engine = load_engine(args.model, options)
     if is_untrained_fallback(args.model):
         err(f"notice: {UNTRAINED_HEAD_NOTICE}")
 
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         out(table(["rank", "index", "score", "text"], rows, right=[0, 1, 2]))
     info = engine.info
     err(
-        f"reranked {len(texts)} documents in {elapsed_ms:.0f} ms with {info.model} "
+        f"reranked {plural(len(texts), 'document')} in {elapsed_ms:.0f} ms with {info.model} "
         f"(backend={info.backend}, device={info.device}, precision={info.precision}; "
         f"scores: {info.score_scale})"
     )
@@ -133,7 +138,7 @@ def _read_source(docs: str) -> tuple[str, str]:
         with open(docs, encoding="utf-8") as f:
             return f"--docs {docs!r}", f.read()
     except FileNotFoundError:
-        msg = f"--docs file {docs!r} does not exist."
+        msg = f"--docs file {docs!r} does not exist; pass an existing file, or '-' for stdin."
         raise CliError(msg) from None
     except IsADirectoryError:
         msg = f"--docs {docs!r} is a directory; pass a text or JSONL file."
@@ -142,7 +147,7 @@ def _read_source(docs: str) -> tuple[str, str]:
         msg = f"--docs file {docs!r} is not UTF-8 text ({exc.reason})."
         raise CliError(msg) from None
     except OSError as exc:
-        msg = f"cannot read --docs file {docs!r}: {exc.strerror or exc}."
+        msg = f"cannot read --docs file {docs!r}: {exc.strerror or error_clause(exc)}."
         raise CliError(msg) from None
 
 

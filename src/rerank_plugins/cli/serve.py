@@ -6,7 +6,12 @@ import argparse
 import os
 from typing import Any
 
-from rerank_plugins.cli._common import CliError, add_engine_arguments, engine_options
+from rerank_plugins.cli._common import (
+    CliError,
+    add_engine_arguments,
+    check_engine_options,
+    engine_options,
+)
 
 __all__ = ["API_KEY_ENV", "register", "run"]
 
@@ -103,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
         msg = "the API key is empty; pass a secret token, or leave --api-key out."
         raise CliError(msg)
 
+    options = engine_options(args)
+    check_engine_options(args.model, options)
+
     from rerank_plugins.server import serve
 
-    options = engine_options(args)
     serve(
         args.model,
         host=args.host,

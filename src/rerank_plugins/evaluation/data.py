@@ -59,8 +59,8 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     for path in needed:
         if not path.is_file():
             msg = (
-                f"{path} not found; a BEIR folder holds corpus.jsonl, queries.jsonl and "
-                f"qrels/{split}.tsv."
+                f"{path} not found; pass a folder in the BEIR layout (corpus.jsonl, "
+                f"queries.jsonl and qrels/{split}.tsv)."
             )
             raise FileNotFoundError(msg)
     corpus: dict[str, str] = {}

@@ -14,16 +14,43 @@ from typing import Any
 
 from rerank_plugins.errors import ModelLoadError
 
-__all__ = ["check_model_reference", "model_file", "read_config"]
+__all__ = ["check_model_reference", "error_clause", "hub_offline", "model_file", "read_config"]
+
+# Files whose presence makes a folder a loadable model by their own loader: sentence-transformers
+# (modules.json names the parts, possibly in subfolders) and PEFT adapters.
+_OWN_LAYOUT_FILES = ("modules.json", "adapter_config.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".gguf")
+_CLAUSE_LIMIT = 240
 
 
-def check_model_reference(model: str) -> None:
-    """Fail early, and clearly, on a local path that does not exist.
+def check_model_reference(model: str, *, hub: bool = True) -> None:
+    """Fail early, and clearly, on a model reference that cannot load.
 
-    A string that exists as a folder is a local model; one that looks like a path (absolute,
-    ``./``, ``~``, or more than one ``/``) but is missing is a mistake, not a hub id.
+    A string that looks like a path (absolute, ``./``, ``~``, or more than one ``/``) but is
+    missing is a mistake, not a hub id. An existing folder must hold a saved model: a
+    ``config.json`` with a ``model_type`` and weights (or a sentence-transformers
+    ``modules.json``); otherwise the loaders fail with messages that name every model type they
+    know. With ``hub``, a hub id that cannot load because the hub is off (``HF_HUB_OFFLINE``)
+    and the id is not in the local cache is refused too.
+
+    Args:
+        model: Hub id or local folder.
+        hub: Also refuse a hub id that offline mode cannot load (False where the caller
+            handles that case itself, e.g. by falling back).
+
+    Raises:
+        ModelLoadError: One line naming the model, what is missing, and what to pass instead.
+
+    Examples:
+        >>> check_model_reference("./no/such/model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rerank_plugins.errors.ModelLoadError: model folder './no/such/model' does not exist; ...
     """
     if os.path.isdir(model):
+        problem = _folder_problem(model)
+        if problem is not None:
+            raise ModelLoadError(problem)
         return
     if os.path.exists(model):
         msg = f"model {model!r} is a file; pass the folder that holds config.json and the weights."
@@ -36,6 +63,128 @@ def check_model_reference(model: str) -> None:
     if looks_like_path:
         msg = f"model folder {model!r} does not exist; pass an existing folder or a hub id."
         raise ModelLoadError(msg)
+    if hub:
+        problem = _offline_hub_problem(model)
+        if problem is not None:
+            raise ModelLoadError(problem)
+
+
+def _folder_problem(folder: str) -> str | None:
+    """Why ``folder`` is not a saved model, as a one-line error, or None when it looks like one."""
+    try:
+        names = set(os.listdir(folder))
+    except OSError as exc:
+        return f"cannot read model folder {folder!r} ({error_clause(exc)}); check its permissions."
+    if any(name in names for name in _OWN_LAYOUT_FILES):
+        return None
+    if not names:
+        return (
+            f"model folder {folder!r} is empty; pass a folder saved with save_pretrained "
+            "(config.json and the weights), or a hub id."
+        )
+    if "config.json" not in names:
+        return (
+            f"model folder {folder!r} has no config.json, so it holds no saved model; pass a "
+            "folder saved with save_pretrained (config.json and the weights), or a hub id."
+        )
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        return (
+            f"the config.json of model folder {folder!r} cannot be read as JSON "
+            f"({error_clause(exc)}); save the model again with save_pretrained."
+        )
+    if not isinstance(config, dict) or not (config.get("model_type") or config.get("auto_map")):
+        return (
+            f"the config.json of model folder {folder!r} has no model_type; pass a folder saved "
+            'with save_pretrained, or add the architecture\'s "model_type" (e.g. "bert").'
+        )
+    has_weights = os.path.isdir(os.path.join(folder, "onnx")) or any(
+        name.endswith(_WEIGHT_SUFFIXES) for name in names
+    )
+    if not has_weights:
+        return (
+            f"model folder {folder!r} has a config.json but no weights (no .safetensors, .bin "
+            "or .onnx file); copy the weights next to config.json, or pass a hub id."
+        )
+    return None
+
+
+def _offline_hub_problem(repo_id: str) -> str | None:
+    """Why hub id ``repo_id`` cannot load in offline mode, or None (online, or cached)."""
+    if not hub_offline():
+        return None
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client: the loader names the extra to install
+        return None
+    # Any cached revision will do: this only rules out ids with nothing cached at all.
+    # sentence-transformers completes an id without an owner with its own organisations.
+    names = [repo_id]
+    if "/" not in repo_id:
+        names += [f"sentence-transformers/{repo_id}", f"cross-encoder/{repo_id}"]
+    roots = [str(constants.HF_HUB_CACHE)]
+    if os.environ.get("SENTENCE_TRANSFORMERS_HOME"):
+        roots.append(os.environ["SENTENCE_TRANSFORMERS_HOME"])
+    for root in roots:
+        for name in names:
+            if os.path.isdir(os.path.join(root, "models--" + name.replace("/", "--"))):
+                return None
+    return (
+        f"model {repo_id!r} is neither a local folder nor in the Hugging Face cache, and the hub "
+        "is off (HF_HUB_OFFLINE=1); check the name, pass a local folder, or unset HF_HUB_OFFLINE "
+        "to download it."
+    )
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is off: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set.
+
+    Examples:
+        >>> import os
+        >>> hub_offline() == bool(os.environ.get("HF_HUB_OFFLINE"))  # doctest: +SKIP
+        True
+    """
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def error_clause(exc: BaseException, limit: int = _CLAUSE_LIMIT) -> str:
+    r"""``exc``'s message to embed in a sentence of ours: one line, no closing punctuation.
+
+    Library messages often end in a period, span lines, or run to thousands of characters
+    (transformers lists every model type it knows). The clause keeps the first sentence when
+    the whole is longer than ``limit``, and never ends in ``.``, ``;`` or ``:``, so
+    ``f"could not load {name!r}: {error_clause(exc)}. Pass ..."`` reads as one sentence.
+
+    Args:
+        exc: The error whose message to embed (its type name when the message is empty).
+        limit: Characters at most.
+
+    Returns:
+        The clause.
+
+    Examples:
+        >>> error_clause(OSError("Unrecognized model in x. Should have a model_type.\n"))
+        'Unrecognized model in x. Should have a model_type'
+        >>> f"could not load 'x': {error_clause(ValueError('no such file.'))}. Pass a folder."
+        "could not load 'x': no such file. Pass a folder."
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > limit:
+        end = text.find(". ")
+        if 0 < end < limit:
+            text = text[:end]
+        else:
+            return text[:limit].rsplit(" ", 1)[0].rstrip(" .;:,") + "…"
+    return text.rstrip(" .;:,")
 
 
 def read_config(model: str, revision: str | None = None) -> dict[str, Any] | None:

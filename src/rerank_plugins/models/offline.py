@@ -19,7 +19,7 @@ from typing import Any, Literal
 from rerank_plugins import builds
 from rerank_plugins._imports import require
 from rerank_plugins.errors import ModelLoadError
-from rerank_plugins.models import check_model_reference, read_config
+from rerank_plugins.models import check_model_reference, hub_offline, read_config
 
 __all__ = [
     "UNTRAINED_HEAD_NOTICE",
@@ -257,7 +257,7 @@ def resolve_model(name: str, kind: ModelKind, *, allow_fallback: bool = True) ->
     if kind not in ("bi-encoder", "cross-encoder"):
         msg = f"kind must be 'bi-encoder' or 'cross-encoder', got {kind!r}."
         raise ValueError(msg)
-    check_model_reference(name)
+    check_model_reference(name, hub=False)  # a hub id offline falls back, below
     if os.path.isdir(name):
         return ResolvedModel(name, name, untrained=is_untrained_fallback(name))
     problem = hub_problem(name)
@@ -308,11 +308,7 @@ def hub_problem(repo_id: str, *, timeout: float = 5.0) -> str | None:
 
 
 def _offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    if value.strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    constants = require("huggingface_hub.constants", extra="sentence-transformers")
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    return hub_offline()
 
 
 def describe(resolved: ResolvedModel) -> str:

@@ -350,6 +350,32 @@ class TwoStageRetriever:
             query, matches, scores, top_k, score_threshold, (embed_ms, search_ms, rerank_ms)
         )
 
+    def first_stage(self, query: str, candidates: int = 50) -> list[Match]:
+        """The first stage alone: the ``candidates`` nearest documents, nothing reranked.
+
+        For measuring the first stage, or the reranker apart from it (``rerank-plugins eval``
+        times the rerank of these candidates): the reranker is neither loaded nor called.
+
+        Args:
+            query: The question.
+            candidates: Documents to return at most.
+
+        Returns:
+            Matches in first-stage order (cosine similarity, best first); empty for an empty
+            index.
+
+        Raises:
+            ValueError: An empty query, or ``candidates < 1``.
+            TypeError: ``query`` is not a string, or ``candidates`` not an int.
+
+        Examples:
+            >>> [m.id for m in retriever.first_stage("What is RAG?", 2)]  # doctest: +SKIP
+            ['doc-7', 'doc-2']
+        """
+        query = check_query(query)
+        matches, _, _ = self._first_stage(query, _positive_int("candidates", candidates))
+        return matches
+
     async def aretrieve_detailed(
         self,
         query: str,
