@@ -39,6 +39,15 @@ class Env:
     def bert_path(self) -> str:
         return str(self.request.getfixturevalue("bert_path"))
 
+    def corrupt_model(self) -> str:
+        """The tiny model's folder with unreadable weights: the loader itself fails on it."""
+        import shutil
+
+        folder = self.tmp / "corrupt"
+        shutil.copytree(self.bert_path, folder)
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file.")
+        return str(folder)
+
     def folder(self, **files: str) -> str:
         folder = self.tmp / "folder"
         folder.mkdir()
@@ -88,6 +97,18 @@ LIBRARY: dict[str, Callable[[Env], str]] = {
     "folder for a bi-encoder": lambda env: raised(lambda: BiEncoder(env.folder()).load()),
     "unknown hub id offline": lambda env: raised(
         lambda: get_engine("rerank-plugins-tests/no-such-model")
+    ),
+    "corrupt weights, sentence-transformers": lambda env: raised(
+        lambda: RerankEngine(env.corrupt_model(), device="cpu")
+    ),
+    "corrupt weights, flag": lambda env: raised(
+        lambda: RerankEngine(env.corrupt_model(), device="cpu", backend="flag")
+    ),
+    "corrupt weights, onnx": lambda env: raised(
+        lambda: RerankEngine(env.corrupt_model(), device="cpu", backend="onnx")
+    ),
+    "corrupt weights, bi-encoder": lambda env: raised(
+        lambda: BiEncoder(env.corrupt_model()).load()
     ),
     "backend='bogus'": lambda env: raised(lambda: get_engine(env.bert_path, backend="bogus")),
     "device='tpu'": lambda env: raised(lambda: get_engine(env.bert_path, device="tpu")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from rerank_plugins.errors import MissingDependencyError
+from rerank_plugins.errors import MissingDependencyError, error_clause
 
 # Top-level module -> the extra of rerank-plugins that installs it.
 EXTRA_FOR_MODULE: dict[str, str] = {
@@ -55,7 +55,8 @@ def require(module: str, *, extra: str | None = None, purpose: str | None = None
         extra = extra or EXTRA_FOR_MODULE.get(top, "all")
         who = purpose or f"this feature of rerank-plugins (module {module!r})"
         msg = (
-            f"{who} needs the optional dependency {top!r}, which failed to import: {exc}. "
+            f"{who} needs the optional dependency {top!r}, which failed to import: "
+            f"{error_clause(exc)}. "
             f"Install it with: pip install 'rerank-plugins[{extra}]'"
         )
         raise MissingDependencyError(msg) from exc

@@ -65,14 +65,12 @@ class StreamPool(Generic[T]):
         self._tasks: queue.SimpleQueue[tuple[Callable[[T], object], T, _Latch] | None] = (
             queue.SimpleQueue()
         )
-        self._threads = [
-            threading.Thread(
-                target=self._serve, args=(initializer,), name=f"{name}-{i}", daemon=True
-            )
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._size = size
+        self._name = name
+        self._initializer = initializer
+        # Started on the first map, as ThreadPoolExecutor does: a stream's set-up binds torch
+        # threads, which must not race the engine worker's own first torch op at start-up.
+        self._threads: list[threading.Thread] = []
 
     def _serve(self, initializer: Callable[[], object]) -> None:
         try:
@@ -99,6 +97,18 @@ class StreamPool(Generic[T]):
         """
         if not items:
             return
+        if not self._threads:
+            self._threads = [
+                threading.Thread(
+                    target=self._serve,
+                    args=(self._initializer,),
+                    name=f"{self._name}-{i}",
+                    daemon=True,
+                )
+                for i in range(self._size)
+            ]
+            for thread in self._threads:
+                thread.start()
         latch = _Latch(len(items))
         for item in items:
             self._tasks.put((fn, item, latch))

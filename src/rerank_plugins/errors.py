@@ -8,6 +8,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelLoadError",
     "RerankError",
+    "error_clause",
 ]
 
 
@@ -35,3 +36,38 @@ class EngineClosedError(RerankError, RuntimeError):
 
 class BackendError(RerankError, RuntimeError):
     """A backend forward pass failed; the original error is chained as ``__cause__``."""
+
+
+# How long an embedded cause may run before it is cut to its first sentence.
+_CLAUSE_LIMIT = 240
+
+
+def error_clause(exc: BaseException, limit: int = _CLAUSE_LIMIT) -> str:
+    r"""``exc``'s message to embed in a sentence of ours: one line, no closing punctuation.
+
+    Library messages often end in a period, span lines, or run to thousands of characters
+    (transformers lists every model type it knows). The clause keeps the first sentence when
+    the whole is longer than ``limit``, and never ends in ``.``, ``;`` or ``:``, so
+    ``f"could not load {name!r}: {error_clause(exc)}. Pass ..."`` reads as one sentence.
+
+    Args:
+        exc: The error whose message to embed (its type name when the message is empty).
+        limit: Characters at most.
+
+    Returns:
+        The clause.
+
+    Examples:
+        >>> error_clause(OSError("Unrecognized model in x. Should have a model_type.\n"))
+        'Unrecognized model in x. Should have a model_type'
+        >>> f"could not load 'x': {error_clause(ValueError('no such file.'))}. Pass a folder."
+        "could not load 'x': no such file. Pass a folder."
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > limit:
+        end = text.find(". ")
+        if 0 < end < limit:
+            text = text[:end]
+        else:
+            return text[:limit].rsplit(" ", 1)[0].rstrip(" .;:,") + "…"
+    return text.rstrip(" .;:,")

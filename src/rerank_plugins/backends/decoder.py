@@ -31,7 +31,7 @@ from rerank_plugins.backends._hf import (
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.errors import ModelLoadError, error_clause
 from rerank_plugins.models import model_file
 
 __all__ = ["DecoderBackend", "choose_protocol", "is_causal_lm"]
@@ -180,7 +180,10 @@ class DecoderBackend(TorchBackendBase):
         except (ValueError, ModelLoadError):
             raise
         except Exception as exc:
-            msg = f"could not load decoder reranker {config.model!r}: {exc}"
+            msg = (
+                f"could not load decoder reranker {config.model!r}: {error_clause(exc)}. Pass a "
+                "local folder, or a hub id with network access to the Hugging Face hub."
+            )
             raise ModelLoadError(msg) from exc
         self.warnings = head_warnings(config.model, model, config.revision)
         pad = tokenizer.pad_token_id
@@ -242,8 +245,8 @@ def _hub_config(transformers: Any, config: EngineConfig) -> dict[str, Any]:
         )
     except Exception as exc:
         msg = (
-            f"could not read the config of {config.model!r}: {exc}. Pass a local folder, or a "
-            "hub id with network access to the Hugging Face hub."
+            f"could not read the config of {config.model!r}: {error_clause(exc)}. Pass a "
+            "local folder, or a hub id with network access to the Hugging Face hub."
         )
         raise ModelLoadError(msg) from exc
     data: dict[str, Any] = loaded.to_dict()

@@ -22,7 +22,7 @@ from rerank_plugins.backends._hf import (
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.errors import ModelLoadError, error_clause
 
 __all__ = ["LLM_MAX_LENGTH_CAP", "FlagBackend", "FlagRoundTripEncoder", "is_llm_reranker"]
 
@@ -131,7 +131,10 @@ class FlagBackend(TorchBackendBase):
                 trust_remote_code=config.trust_remote_code,
             )
         except Exception as exc:
-            msg = f"FlagEmbedding could not load {config.model!r}: {exc}."
+            msg = (
+                f"FlagEmbedding could not load {config.model!r}: {error_clause(exc)}. Pass a "
+                "local folder, or a hub id with network access to the Hugging Face hub."
+            )
             raise ModelLoadError(msg) from exc
         model = self._reranker.model
         self.warnings = head_warnings(config.model, model, config.revision)

@@ -38,7 +38,7 @@ from rerank_plugins.backends._onnx_int8 import (
 )
 from rerank_plugins.backends.base import BackendBase, Encoded
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.errors import ModelLoadError, error_clause
 
 CACHE_ENV = builds.CACHE_ENV  # re-exported; the cache folder is rerank_plugins.builds'
 
@@ -391,8 +391,8 @@ class OnnxBackend(BackendBase):
             )
         except Exception as exc:
             msg = (
-                f"could not load cross-encoder {config.model!r}: {exc}. Pass a local folder, "
-                "or a hub id with network access to the Hugging Face hub."
+                f"could not load cross-encoder {config.model!r}: {error_clause(exc)}. Pass a "
+                "local folder, or a hub id with network access to the Hugging Face hub."
             )
             raise ModelLoadError(msg) from exc
         num_labels = getattr(hf_config, "num_labels", 1)
@@ -420,7 +420,7 @@ class OnnxBackend(BackendBase):
             self.session: Any = open_session(self.path, providers, self.threads)
         except Exception as exc:
             msg = (
-                f"ONNX Runtime could not load the exported model {self.path}: {exc}. "
+                f"ONNX Runtime could not load the exported model {self.path}: {error_clause(exc)}. "
                 "Delete that folder to rebuild it."
             )
             raise ModelLoadError(msg) from exc
@@ -451,7 +451,10 @@ class OnnxBackend(BackendBase):
             except ImportError:
                 raise
             except Exception as exc:
-                msg = f"could not export {config.model!r} to ONNX: {exc}"
+                msg = (
+                    f"could not export {config.model!r} to ONNX: {error_clause(exc)}; check that "
+                    "the model loads with transformers, or use backend='sentence-transformers'."
+                )
                 raise ModelLoadError(msg) from exc
             _write_meta(folder, config, commit, "fp32")
 

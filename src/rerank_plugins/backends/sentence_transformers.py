@@ -19,7 +19,7 @@ from rerank_plugins.backends._hf import (
 from rerank_plugins.backends._torch import resolve_device, resolve_dtype
 from rerank_plugins.backends.base import Encoded
 from rerank_plugins.config import EngineConfig
-from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.errors import ModelLoadError, error_clause
 
 __all__ = ["SentenceTransformersBackend"]
 
@@ -50,8 +50,8 @@ class SentenceTransformersBackend(TorchBackendBase):
             )
         except Exception as exc:
             msg = (
-                f"could not load cross-encoder {config.model!r}: {exc}. Pass a local folder, "
-                "or a hub id with network access to the Hugging Face hub."
+                f"could not load cross-encoder {config.model!r}: {error_clause(exc)}. Pass a "
+                "local folder, or a hub id with network access to the Hugging Face hub."
             )
             raise ModelLoadError(msg) from exc
         hf_model = ce.model

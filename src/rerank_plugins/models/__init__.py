@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.errors import ModelLoadError, error_clause
 
 __all__ = ["check_model_reference", "error_clause", "hub_offline", "model_file", "read_config"]
 
@@ -20,7 +20,6 @@ __all__ = ["check_model_reference", "error_clause", "hub_offline", "model_file",
 # (modules.json names the parts, possibly in subfolders) and PEFT adapters.
 _OWN_LAYOUT_FILES = ("modules.json", "adapter_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".gguf")
-_CLAUSE_LIMIT = 240
 
 
 def check_model_reference(model: str, *, hub: bool = True) -> None:
@@ -154,37 +153,6 @@ def hub_offline() -> bool:
     except ImportError:
         return False
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
-def error_clause(exc: BaseException, limit: int = _CLAUSE_LIMIT) -> str:
-    r"""``exc``'s message to embed in a sentence of ours: one line, no closing punctuation.
-
-    Library messages often end in a period, span lines, or run to thousands of characters
-    (transformers lists every model type it knows). The clause keeps the first sentence when
-    the whole is longer than ``limit``, and never ends in ``.``, ``;`` or ``:``, so
-    ``f"could not load {name!r}: {error_clause(exc)}. Pass ..."`` reads as one sentence.
-
-    Args:
-        exc: The error whose message to embed (its type name when the message is empty).
-        limit: Characters at most.
-
-    Returns:
-        The clause.
-
-    Examples:
-        >>> error_clause(OSError("Unrecognized model in x. Should have a model_type.\n"))
-        'Unrecognized model in x. Should have a model_type'
-        >>> f"could not load 'x': {error_clause(ValueError('no such file.'))}. Pass a folder."
-        "could not load 'x': no such file. Pass a folder."
-    """
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if len(text) > limit:
-        end = text.find(". ")
-        if 0 < end < limit:
-            text = text[:end]
-        else:
-            return text[:limit].rsplit(" ", 1)[0].rstrip(" .;:,") + "…"
-    return text.rstrip(" .;:,")
 
 
 def read_config(model: str, revision: str | None = None) -> dict[str, Any] | None:

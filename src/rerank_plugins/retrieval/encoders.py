@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rerank_plugins._imports import require
-from rerank_plugins.errors import ModelLoadError
+from rerank_plugins.errors import ModelLoadError, error_clause
 from rerank_plugins.models import check_model_reference
 
 __all__ = ["BiEncoder", "Encoder", "normalize_rows"]
@@ -114,8 +114,8 @@ class BiEncoder:
             )
         except Exception as exc:
             msg = (
-                f"could not load bi-encoder {self._name!r}: {exc}. Pass a local folder, or a "
-                "hub id with network access to the Hugging Face hub."
+                f"could not load bi-encoder {self._name!r}: {error_clause(exc)}. Pass a "
+                "local folder, or a hub id with network access to the Hugging Face hub."
             )
             raise ModelLoadError(msg) from exc
         logger.info("bi-encoder ready: model=%s device=%s", self._name, model.device)
