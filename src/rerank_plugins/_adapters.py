@@ -14,6 +14,7 @@ from typing_extensions import Self
 
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.contract import Scorer, check_scorer
+from rerank_plugins.errors import error_clause
 from rerank_plugins.registry import get_engine
 from rerank_plugins.results import (
     RerankResult,
@@ -356,7 +357,7 @@ def check_template(template: str) -> str:
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        msg = f"text_template {template!r} is not a valid format string: {exc}."
+        msg = f"text_template {template!r} is not a valid format string: {error_clause(exc)}."
         raise ValueError(msg) from exc
     if not names or any(name == "" or name.isdigit() for name in names):
         msg = (
