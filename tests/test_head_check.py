@@ -50,7 +50,7 @@ def _warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "rerank_plugins" and r.levelno == logging.WARNING
+        if r.name.startswith("rerank_plugins") and r.levelno == logging.WARNING
     ]
 
 

@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("rerank_plugins")
+# Load-time warnings about the model itself (an untrained head): a logger of their own, so an
+# application that shows them its own way (the demo's banner) can route them.
+model_logger = logging.getLogger("rerank_plugins.model")
 
 # Largest slice of one request handed to the worker at a time: bounds the memory one call can
 # pin (token ids of 1,024 pairs) and lets other callers' pairs interleave with a huge request.
@@ -252,7 +255,7 @@ class RerankEngine:
         self._start_worker()
         registry.track(self)
         for warning in self.info.warnings:
-            logger.warning("%s", warning)
+            model_logger.warning("%s", warning)
         logger.info(
             "rerank engine ready: model=%s backend=%s (%s) device=%s precision=%s "
             "max_length=%d batch_tokens=%d max_batch_size=%d streams=%d cache_size=%d",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import textwrap
 import time
@@ -185,7 +186,18 @@ def _load_bi_encoder(name: str, device: str) -> tuple[BiEncoder, ResolvedModel]:
 
 def _load_reranker(name: str, options: dict[str, Any]) -> tuple[RerankEngine, ResolvedModel]:
     def load(model: str) -> RerankEngine:
-        return load_engine(model, options)
+        from rerank_plugins.models.offline import is_untrained_fallback
+
+        if not is_untrained_fallback(model):
+            return load_engine(model, options)
+        # The demo shows the fallback's untrained head in a banner of its own, not twice.
+        model_logger = logging.getLogger("rerank_plugins.model")
+        level = model_logger.level
+        model_logger.setLevel(logging.ERROR)
+        try:
+            return load_engine(model, options)
+        finally:
+            model_logger.setLevel(level)
 
     return _load_with_fallback(name, "cross-encoder", name == DEFAULT_RERANKER, load)
 

@@ -94,12 +94,11 @@ def run(args: argparse.Namespace) -> int:
         msg = f"no documents in {source}; pass one document per line, or JSON lines."
         raise CliError(msg)
 
-    from rerank_plugins.models.offline import UNTRAINED_HEAD_NOTICE, is_untrained_fallback
     from rerank_plugins.results import select
 
+    # A model that cannot rank (the offline fallback, an embedding model) is named by the
+    # engine's load warning, which the command line always shows.
     engine = load_engine(args.model, options)
-    if is_untrained_fallback(args.model):
-        err(f"notice: {UNTRAINED_HEAD_NOTICE}")
 
     start = time.perf_counter()
     scores = _score(engine, args.query, texts, args.instruction)
