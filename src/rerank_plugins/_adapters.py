@@ -7,15 +7,29 @@ import math
 import os
 import string
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import PydanticOmit, PydanticSerializationError, core_schema
 from typing_extensions import Self
 
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.contract import Scorer, check_scorer
+from rerank_plugins.engine import RerankEngine
 from rerank_plugins.errors import error_clause
 from rerank_plugins.registry import get_engine
+from rerank_plugins.remote import APIS, RemoteEngine
 from rerank_plugins.results import (
     RerankResult,
     check_instruction,
@@ -39,6 +53,68 @@ __all__ = [
 
 T = TypeVar("T")
 
+# What a dump holds for ``engine``: nothing (the adapter was built from ``model``), or a
+# RemoteEngine as its settings. Pydantic cannot derive this from the `Scorer` protocol.
+_ENGINE_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "title": "RemoteEngineDump",
+            "description": "A RemoteEngine, as RemoteEngine.to_config() writes it.",
+            "properties": {
+                "remote": {
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string", "description": "Base URL of the server."},
+                        "api": {"enum": sorted(APIS)},
+                        "model": {"type": ["string", "null"]},
+                        "path": {"type": ["string", "null"]},
+                        "timeout": {"type": "number"},
+                        "connect_timeout": {"type": "number"},
+                        "max_retries": {"type": "integer"},
+                        "backoff": {"type": "number"},
+                        "max_backoff": {"type": "number"},
+                        "batch_size": {"type": ["integer", "null"]},
+                        "raw_scores": {"type": "boolean"},
+                        "truncate": {"type": "boolean"},
+                        "max_connections": {"type": "integer"},
+                        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "api_key": {
+                            "description": "None, or {'env': NAME}: the key is read from the "
+                            "environment variable NAME (dumps never hold the key itself).",
+                            "anyOf": [
+                                {"type": "null"},
+                                {"type": "string"},
+                                {
+                                    "type": "object",
+                                    "properties": {"env": {"type": "string"}},
+                                    "required": ["env"],
+                                    "additionalProperties": False,
+                                },
+                            ],
+                        },
+                    },
+                    "required": ["url"],
+                    "additionalProperties": False,
+                }
+            },
+            "required": ["remote"],
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ],
+}
+
+
+class _SettingsJsonSchema(GenerateJsonSchema):
+    """JSON schema of adapter settings: a value JSON cannot hold (a callable) is left out."""
+
+    def handle_invalid_for_json_schema(
+        self, schema: core_schema.CoreSchema, error_info: str
+    ) -> JsonSchemaValue:
+        # Omitted, not described: such a value cannot come from JSON in the first place.
+        raise PydanticOmit
+
 
 class AdapterSettings(BaseModel):
     """The settings every adapter has: which engine scores, how many results, which threshold.
@@ -61,9 +137,14 @@ class AdapterSettings(BaseModel):
     ``get_engine(model, **engine_options)``, so adapters with the same settings share one loaded
     model. Give ``model`` or ``engine``, not both."""
     # Typed as always set (it is, once __init__ returns), so callers need no None check.
-    engine: Scorer = Field(default=None, exclude=True)  # type: ignore[assignment]
+    # Excluded from the fields' dump: `_settings_data` writes it, or refuses.
+    engine: Annotated[Scorer, WithJsonSchema(_ENGINE_JSON_SCHEMA)] = Field(  # type: ignore[assignment]
+        default=None, exclude=True
+    )
     """The engine that scores: any `rerank_plugins.Scorer`. Built from ``model`` when not
-    given; always set after construction."""
+    given; always set after construction. Dumps leave it out when it was built from ``model``
+    and write a `RemoteEngine` as ``{"remote": engine.to_config()}`` (without its API key);
+    a local engine given here cannot be dumped or pickled."""
     engine_options: dict[str, Any] = Field(default_factory=dict)
     """Engine options used with ``model`` (see `rerank_plugins.EngineConfig`); they may also be
     passed as keyword arguments, e.g. ``device="cpu"``."""
@@ -102,9 +183,12 @@ class AdapterSettings(BaseModel):
         return super().__deepcopy__(memo)
 
     def __getstate__(self) -> dict[Any, Any]:
-        # An engine does not pickle; one built from `model` is looked up again on unpickling.
+        # An engine built from `model` is looked up again on unpickling; a RemoteEngine pickles
+        # as its settings; a loaded model does not pickle at all.
         # BaseModel's state is taken directly because LlamaIndex's BaseComponent.__getstate__
         # deletes unpicklable attributes from the live object, which would strip our engine.
+        if self.model is None and isinstance(self.engine, RerankEngine):
+            raise TypeError(self._not_serializable("pickled"))
         state = BaseModel.__getstate__(self)
         if self.model is not None:
             fields = {k: v for k, v in state["__dict__"].items() if k != "engine"}
@@ -116,6 +200,53 @@ class AdapterSettings(BaseModel):
         if self.model is not None:
             self.engine = get_engine(self.model, **self.engine_options)
 
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The JSON schema of the settings; a setting JSON cannot hold (a callable) is left out.
+
+        Takes the arguments of pydantic's ``BaseModel.model_json_schema``. The ``engine`` is
+        described by the form dumps write: null, or ``{"remote": {...}}`` for a `RemoteEngine`.
+        """
+        if len(args) < 3:  # schema_generator is the third positional parameter
+            kwargs.setdefault("schema_generator", _SettingsJsonSchema)
+        return super().model_json_schema(*args, **kwargs)
+
+    @model_serializer(mode="wrap")
+    def _dump_settings(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):  # type: ignore[no-untyped-def]
+        # No return annotation: pydantic would take it for the schema of what a dump holds,
+        # where the fields' own schema is the right one. An adapter whose framework has its
+        # own model serializer overrides this one by name, calling `_settings_data`.
+        return self._settings_data(handler, info)
+
+    def _settings_data(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        """The fields' dump, with a given engine written as data (or refused, naming why)."""
+        data: dict[str, Any] = handler(self)
+        if self.model is not None or not _dumps_field(info, "engine"):
+            return data
+        if not isinstance(self.engine, RemoteEngine):
+            raise PydanticSerializationError(self._not_serializable("dumped"))
+        try:
+            data["engine"] = {"remote": self.engine.to_config()}
+        except ValueError as exc:
+            raise PydanticSerializationError(str(exc)) from exc
+        return data
+
+    def _not_serializable(self, action: str) -> str:
+        """Why this adapter cannot be pickled or dumped, and what to build it with instead."""
+        engine = self.engine
+        why = (
+            f"a loaded {type(engine).__name__}, and a loaded model is not serializable"
+            if isinstance(engine, RerankEngine)
+            else f"a {type(engine).__name__}, which has no serializable form"
+        )
+        return (
+            f"{type(self).__name__} cannot be {action}: its engine= is {why}; build it with "
+            "model=... and engine_options={...} (loaded again through get_engine where it is "
+            "restored) or with engine=RemoteEngine(url) (saved as its URL and settings)."
+        )
+
     @model_validator(mode="before")
     @classmethod
     def _gather_engine_options(cls, data: Any) -> Any:
@@ -123,6 +254,8 @@ class AdapterSettings(BaseModel):
             return data
         if isinstance(data.get("model"), os.PathLike):
             data = {**data, "model": os.fspath(data["model"])}
+        if isinstance(data.get("engine"), Mapping):  # a dump's RemoteEngine
+            data = {**data, "engine": _check_setting(_engine_from_dump, data["engine"])}
         return _check_setting(gather_engine_options, cls.__name__, data, cls.model_fields)
 
     @field_validator("model", mode="before")
@@ -249,6 +382,29 @@ def _check_setting(check: Callable[..., T], *args: Any) -> T:
         return check(*args)
     except TypeError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def _dumps_field(info: SerializationInfo, name: str) -> bool:
+    """Whether a dump with ``info``'s ``include`` and ``exclude`` holds the field ``name``."""
+    if info.exclude is not None and name in info.exclude:
+        return False
+    return info.include is None or name in info.include
+
+
+def _engine_from_dump(data: Mapping[str, Any]) -> RemoteEngine:
+    """The engine a dump describes: ``{"remote": settings}`` is a `RemoteEngine`.
+
+    Raises:
+        TypeError: Any other dict, or bad settings in it (see `RemoteEngine.from_config`).
+        ValueError: A bad setting value, or the API key's environment variable is not set.
+    """
+    if set(data) != {"remote"}:
+        msg = (
+            "engine given as a dict must be {'remote': {...}}, a RemoteEngine's settings as a "
+            f"dump writes them, got a dict with keys {sorted(map(str, data))}."
+        )
+        raise TypeError(msg)
+    return RemoteEngine.from_config(data["remote"])
 
 
 def gather_engine_options(

@@ -1,4 +1,8 @@
-"""LlamaIndex adapter: `RerankPostprocessor`, a node postprocessor backed by the shared engine."""
+"""LlamaIndex adapters over the shared engine: a node postprocessor and a two-stage retriever.
+
+`RerankPostprocessor` reranks what another retriever found; `RerankRetriever` is a whole
+two-stage retriever (`rerank_plugins.retrieval.TwoStageRetriever`) as a LlamaIndex retriever.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +14,42 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
-from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload  # noqa: E402
+from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import (  # noqa: E402
     ReRankEndEvent,
     ReRankStartEvent,
 )
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
-from pydantic import field_validator  # noqa: E402
+from llama_index.core.retrievers import BaseRetriever  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
+from llama_index.core.settings import Settings  # noqa: E402
+from pydantic import (  # noqa: E402
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from rerank_plugins._adapters import RERANKED_KEY, AdapterSettings, model_name  # noqa: E402
+from rerank_plugins.results import check_threshold  # noqa: E402
+from rerank_plugins.retrieval import Hit, TwoStageRetriever  # noqa: E402
 
-__all__ = ["RETRIEVAL_SCORE_KEY", "RerankPostprocessor"]
+__all__ = [
+    "FIRST_STAGE_RANK_KEY",
+    "FIRST_STAGE_SCORE_KEY",
+    "RETRIEVAL_SCORE_KEY",
+    "RerankPostprocessor",
+    "RerankRetriever",
+]
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key of the original retrieval score when ``keep_retrieval_score=True``."""
+FIRST_STAGE_SCORE_KEY = "first_stage_score"
+"""Metadata key of a `RerankRetriever` node's first-stage (bi-encoder cosine) score."""
+FIRST_STAGE_RANK_KEY = "first_stage_rank"
+"""Metadata key of a `RerankRetriever` node's 1-based position in the first stage."""
 
 dispatcher = get_dispatcher(__name__)
 
@@ -103,6 +127,15 @@ class RerankPostprocessor(AdapterSettings, BaseNodePostprocessor):
     def class_name(cls) -> str:
         """Name used by LlamaIndex serialization."""
         return "RerankPostprocessor"
+
+    @model_serializer(mode="wrap")
+    def _dump_settings(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):  # type: ignore[no-untyped-def]
+        # Pydantic keeps one model serializer, the last defined. Named as the adapters' one,
+        # this replaces it and does the work of both it (the engine as data) and LlamaIndex
+        # BaseComponent's (the class name).
+        data = self._settings_data(handler, info)
+        data["class_name"] = self.class_name()
+        return data
 
     def _postprocess_nodes(
         self,
@@ -192,3 +225,121 @@ def _query_of(query_bundle: QueryBundle | None) -> str:
         )
         raise ValueError(msg)
     return query_bundle.query_str
+
+
+class RerankRetriever(BaseRetriever):
+    """A `TwoStageRetriever` as a LlamaIndex retriever: bi-encoder candidates, then a rerank.
+
+    Use it wherever LlamaIndex takes a retriever (``RetrieverQueryEngine``,
+    ``QueryFusionRetriever``, a router) when the documents live in our own store
+    (`InMemoryStore` or `QdrantStore`) rather than in a LlamaIndex index; for an index, put a
+    `RerankPostprocessor` after its retriever instead. Each returned `NodeWithScore` holds a
+    new `TextNode` built from a stored document (its text, id and metadata) with
+    ``NodeWithScore.score`` set to the rerank score, and the first stage's view in the node's
+    metadata under ``"first_stage_score"`` (cosine similarity) and ``"first_stage_rank"``
+    (1-based), hidden from the text the LLM and embeddings see. The nodes and scores are
+    exactly what ``TwoStageRetriever.retrieve`` returns. ``aretrieve`` awaits
+    ``TwoStageRetriever.aretrieve``: the first stage runs in a worker thread and the rerank
+    awaits the engine. LlamaIndex's retrieval events (``RetrievalStartEvent`` /
+    ``RetrievalEndEvent``, the callback manager's ``RETRIEVE``) fire as for its own retrievers.
+
+    Args:
+        retriever: The two-stage retriever holding the documents, the bi-encoder and the engine.
+        top_k: Nodes to return at most (default 2, LlamaIndex's ``similarity_top_k``).
+        candidates: Documents the first stage hands to the reranker (default 50); raised to
+            ``top_k`` when smaller.
+        score_threshold: Drop nodes whose rerank score is below this, before the ``top_k`` cut
+            (on the engine's scale, probabilities in [0, 1] by default).
+        callback_manager: LlamaIndex callback manager (default: ``Settings.callback_manager``).
+
+    Raises:
+        TypeError: ``retriever`` is not a `TwoStageRetriever`, or a count or threshold of the
+            wrong type (``top_k="3"``).
+        ValueError: ``top_k`` or ``candidates`` below 1, or a NaN threshold.
+
+    Examples:
+        >>> from rerank_plugins.llama_index import RerankRetriever
+        >>> from rerank_plugins.retrieval import TwoStageRetriever
+        >>> two_stage = TwoStageRetriever(  # doctest: +SKIP
+        ...     "sentence-transformers/all-MiniLM-L6-v2",
+        ...     reranker="cross-encoder/ms-marco-MiniLM-L-6-v2",
+        ... )
+        >>> two_stage.index(["RAG joins retrieval and generation.", "Cats purr."])  # doctest: +SKIP
+        >>> best = RerankRetriever(two_stage, top_k=1).retrieve("What is RAG?")[0]  # doctest: +SKIP
+        >>> best.node.get_content(), best.node.metadata["first_stage_rank"]  # doctest: +SKIP
+        ('RAG joins retrieval and generation.', 1)
+    """
+
+    def __init__(
+        self,
+        retriever: TwoStageRetriever,
+        *,
+        top_k: int = DEFAULT_SIMILARITY_TOP_K,
+        candidates: int = 50,
+        score_threshold: float | None = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        if not isinstance(retriever, TwoStageRetriever):
+            msg = (
+                "RerankRetriever needs a rerank_plugins.retrieval.TwoStageRetriever, got "
+                f"{type(retriever).__name__}; for a LlamaIndex index, put a "
+                "RerankPostprocessor after its retriever instead."
+            )
+            raise TypeError(msg)
+        self.retriever = retriever
+        self.top_k = _count("top_k", top_k)
+        self.candidates = _count("candidates", candidates)
+        self.score_threshold = check_threshold(score_threshold)
+        # As LlamaIndex's own retrievers: handlers set on Settings see this one too.
+        super().__init__(callback_manager=callback_manager or Settings.callback_manager)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = self.retriever.retrieve(
+            query_bundle.query_str, *self._counts(), score_threshold=self.score_threshold
+        )
+        return [_node(hit) for hit in hits]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = await self.retriever.aretrieve(
+            query_bundle.query_str, *self._counts(), score_threshold=self.score_threshold
+        )
+        return [_node(hit) for hit in hits]
+
+    def _counts(self) -> tuple[int, int]:
+        """``top_k`` and ``candidates``, the latter at least the former."""
+        return self.top_k, max(self.candidates, self.top_k)
+
+    def __repr__(self) -> str:
+        return (
+            f"RerankRetriever({self.retriever!r}, top_k={self.top_k}, "
+            f"candidates={self.candidates}, score_threshold={self.score_threshold})"
+        )
+
+
+def _node(hit: Hit) -> NodeWithScore:
+    """A retrieval hit as a scored node: a new `TextNode` with the first stage's bookkeeping."""
+    bookkeeping = [FIRST_STAGE_SCORE_KEY, FIRST_STAGE_RANK_KEY]
+    node = TextNode(
+        id_=hit.id,
+        text=hit.text,
+        metadata={
+            **hit.metadata,
+            FIRST_STAGE_SCORE_KEY: float(hit.first_stage_score),
+            FIRST_STAGE_RANK_KEY: int(hit.first_stage_rank),
+        },
+        # Bookkeeping, not content: kept out of what the LLM and embeddings read.
+        excluded_llm_metadata_keys=list(bookkeeping),
+        excluded_embed_metadata_keys=list(bookkeeping),
+    )
+    return NodeWithScore(node=node, score=float(hit.score))
+
+
+def _count(name: str, value: object) -> int:
+    """``value`` if it is a positive int; else a one-line error naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        msg = f"{name} must be a positive int, got {value!r}."
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be >= 1, got {value}."
+        raise ValueError(msg)
+    return value

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -25,7 +26,7 @@ from rerank_plugins.results import (
     select,
 )
 
-__all__ = ["APIS", "RemoteEngine", "RemoteError", "RemoteInfo"]
+__all__ = ["APIS", "API_KEY_ENV", "RemoteEngine", "RemoteError", "RemoteInfo"]
 
 logger = logging.getLogger("rerank_plugins.remote")
 
@@ -38,6 +39,13 @@ APIS: dict[str, tuple[str, int]] = {
 }
 """API name -> (default path, default texts per request). 32 is TEI's default
 ``--max-client-batch-size``; Cohere accepts 1,000 documents per call."""
+
+API_KEY_ENV = "RERANK_PLUGINS_API_KEY"
+"""The environment variable `RemoteEngine.from_config` reads an API key from: a config never
+holds the key itself (``rerank-plugins serve`` reads its key from the same variable)."""
+
+# Header names that carry credentials: `RemoteEngine.to_config` will not write them in clear.
+_CREDENTIAL_HEADER = re.compile(r"auth|token|secret|key|cookie|password|credential", re.I)
 
 # Worth another try: rate limited, or the server (or a proxy in front of it) is failing now.
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -225,6 +233,24 @@ class RemoteEngine:
         )
         self._closed = False
         self._stats = {"requests": 0, "pairs": 0, "retries": 0, "failures": 0}
+        # The settings as given, from which `to_config` and pickling rebuild the engine.
+        self._settings: dict[str, Any] = {
+            "url": url.rstrip("/"),
+            "api": api,
+            "model": model,
+            "path": path,
+            "timeout": timeout,
+            "connect_timeout": connect_timeout,
+            "max_retries": max_retries,
+            "backoff": backoff,
+            "max_backoff": max_backoff,
+            "batch_size": batch_size,
+            "raw_scores": raw_scores,
+            "truncate": truncate,
+            "max_connections": max_connections,
+            "headers": dict(headers or {}),
+        }
+        self._api_key = api_key
 
     # ------------------------------------------------------------------ scorer interface
 
@@ -337,6 +363,91 @@ class RemoteEngine:
         """Counters since creation: requests, pairs, retries, and failed calls."""
         with self._lock:
             return dict(self._stats)
+
+    # ------------------------------------------------------------------ settings
+
+    def to_config(self) -> dict[str, Any]:
+        """The engine's settings as JSON-able data, for `from_config`; never its API key.
+
+        An engine built with ``api_key`` writes ``"api_key": {"env": "RERANK_PLUGINS_API_KEY"}``
+        in its place: a reference that `from_config` resolves from the environment, so the
+        key stays out of files, logs and traces that hold the config. (Pickling, a copy for
+        another process, does carry the key, as it carries every other attribute.)
+
+        Returns:
+            ``url`` (the base URL), ``api``, ``model``, ``path``, the timeouts, retry and batch
+            settings, ``headers`` and ``api_key`` (None or the reference above).
+
+        Raises:
+            ValueError: A header given in ``headers`` looks like a credential (its name has
+                "auth", "key", "token", "secret", "cookie" ...): it would be written in clear.
+                Pass the key as ``api_key=`` instead.
+
+        Examples:
+            >>> engine = RemoteEngine("http://127.0.0.1:8080", api_key="s3cret")
+            >>> config = engine.to_config()
+            >>> config["url"], config["api_key"]
+            ('http://127.0.0.1:8080', {'env': 'RERANK_PLUGINS_API_KEY'})
+        """
+        secret = sorted(h for h in self._settings["headers"] if _CREDENTIAL_HEADER.search(h))
+        if secret:
+            msg = (
+                f"the RemoteEngine for {self.url} has credential header(s) "
+                f"{', '.join(map(repr, secret))}, which a config never holds in clear; pass the "
+                f"key as api_key= instead (written as a reference to ${API_KEY_ENV})."
+            )
+            raise ValueError(msg)
+        api_key = None if self._api_key is None else {"env": API_KEY_ENV}
+        return {
+            **self._settings,
+            "headers": dict(self._settings["headers"]),
+            "api_key": api_key,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RemoteEngine:
+        """A new engine from `to_config`'s data, with its own connections and counters.
+
+        Args:
+            config: `to_config`'s dict (or a part of it: only ``url`` is needed). Its
+                ``api_key`` may be None, ``{"env": NAME}`` (read from the environment
+                variable NAME when the engine is built) or the key itself.
+
+        Returns:
+            An open engine with those settings.
+
+        Raises:
+            TypeError: ``config`` is not a mapping, lacks ``url``, has an unknown key, or an
+                ``api_key`` of another form.
+            ValueError: The environment variable ``api_key`` names is not set, or a setting
+                is bad (as for the constructor).
+
+        Examples:
+            >>> config = {"url": "http://127.0.0.1:8080", "api_key": {"env": "MY_RERANK_KEY"}}
+            >>> RemoteEngine.from_config(config)  # doctest: +SKIP
+            RemoteEngine(url='http://127.0.0.1:8080/rerank', api='tei', open)
+        """
+        if not isinstance(config, Mapping):
+            kind = type(config).__name__
+            msg = f"a RemoteEngine config must be a dict (see to_config), got {kind}."
+            raise TypeError(msg)
+        known = {*_CONFIG_KEYS, "api_key"}
+        unknown = sorted(set(config) - known)
+        if unknown or "url" not in config:
+            problem = f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "no 'url'"
+            msg = (
+                f"a RemoteEngine config has {problem}; expected 'url' and some of "
+                f"{', '.join(sorted(known - {'url'}))}."
+            )
+            raise TypeError(msg)
+        settings = dict(config)
+        settings["api_key"] = _resolve_api_key(settings.get("api_key"), settings["url"])
+        return cls(**settings)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy for another process (multiprocessing, Ray): the same settings and key, its own
+        # connections, counters and server limit, learnt again on first use.
+        return (functools.partial(type(self), **self._settings, api_key=self._api_key), ())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -699,6 +810,48 @@ class RemoteEngine:
         with self._lock:
             self._stats["pairs"] += n
         return [s for s in scores if s is not None]
+
+
+_CONFIG_KEYS = frozenset(
+    {
+        "url",
+        "api",
+        "model",
+        "path",
+        "timeout",
+        "connect_timeout",
+        "max_retries",
+        "backoff",
+        "max_backoff",
+        "batch_size",
+        "raw_scores",
+        "truncate",
+        "max_connections",
+        "headers",
+    }
+)
+
+
+def _resolve_api_key(value: object, url: object) -> str | None:
+    """The API key a config names: None, the key itself, or ``{"env": NAME}`` read from NAME."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and set(value) == {"env"} and isinstance(value["env"], str):
+        name = value["env"]
+        key = os.environ.get(name)
+        if not key:
+            msg = (
+                f"the RemoteEngine for {url} takes its API key from the environment variable "
+                f"{name}, which is not set; set it to the server's key (a config never holds "
+                "the key itself)."
+            )
+            raise ValueError(msg)
+        return key
+    msg = (
+        "api_key in a RemoteEngine config must be None, the key, or {'env': NAME} (read from "
+        f"the environment variable NAME), got {type(value).__name__}."
+    )
+    raise TypeError(msg)
 
 
 _HINTS = {
