@@ -322,7 +322,8 @@ def test_the_interpreter_exits_cleanly_in_every_engine_state(bert_path: str, sta
 # ---------------------------------------------------------------- docs/server.md, executed
 
 SECTION_TITLE = "## Running under gunicorn / Celery"
-FILE_BLOCK = re.compile(r'^```python title="([^"]+)"\n(.*?)^```', re.S | re.M)
+# A file to save: a ```py block (not ```python, which test_docs runs) whose first line names it.
+FILE_BLOCK = re.compile(r"^```py\n# (\S+\.py)\n(.*?)^```", re.S | re.M)
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
 
