@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-__all__ = ["Passage", "demo_queries", "load_corpus"]
+__all__ = ["JudgedQuery", "Passage", "demo_judgments", "demo_queries", "load_corpus"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,38 @@ def demo_queries() -> list[str]:
     """
     text = resources.files(__name__).joinpath("demo_queries.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class JudgedQuery:
+    """A held-out question with the passages that answer it, judged by hand.
+
+    Attributes:
+        id: Stable identifier, ``"demo-<nn>"``.
+        query: A natural question, worded unlike the passages' titles.
+        relevant: Passage id to grade: 2 answers the question, 1 helps.
+    """
+
+    id: str
+    query: str
+    relevant: dict[str, int]
+
+
+def demo_judgments() -> list[JudgedQuery]:
+    """Questions about the shipped corpus, judged by hand, for measuring the demo's reranker.
+
+    None of them is used for training: the demo's fine-tune generates its training queries
+    from the passages' titles, so these measure the reranker on questions it never saw.
+
+    Examples:
+        >>> judged = demo_judgments()
+        >>> len(judged), judged[0].relevant
+        (32, {'search-01': 2, 'search-02': 1})
+    """
+    text = resources.files(__name__).joinpath("demo_eval.jsonl").read_text(encoding="utf-8")
+    out = []
+    for line in text.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out.append(JudgedQuery(record["id"], record["query"], dict(record["relevant"])))
+    return out
