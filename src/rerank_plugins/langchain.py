@@ -45,7 +45,12 @@ from rerank_plugins._langchain_runs import (  # noqa: E402
 from rerank_plugins.contract import Scorer  # noqa: E402
 from rerank_plugins.engine import RerankEngine  # noqa: E402
 from rerank_plugins.registry import get_engine  # noqa: E402
-from rerank_plugins.results import RerankResult, check_instruction, check_threshold  # noqa: E402
+from rerank_plugins.results import (  # noqa: E402
+    RerankResult,
+    check_count,
+    check_instruction,
+    check_threshold,
+)
 from rerank_plugins.retrieval import Match, TwoStageRetriever  # noqa: E402
 
 __all__ = [
@@ -265,7 +270,7 @@ class RerankRetriever(BaseRetriever):
     @classmethod
     def _check_counts(cls, value: object, info: ValidationInfo) -> int:
         try:
-            return _count(str(info.field_name), value)
+            return check_count(str(info.field_name), value)
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
 
@@ -327,8 +332,8 @@ class RerankRetriever(BaseRetriever):
                 "expected k, candidates or score_threshold, e.g. retriever.invoke(query, k=3)."
             )
             raise TypeError(msg)
-        k = _count("k", kwargs.get("k", self.k))
-        candidates = _count("candidates", kwargs.get("candidates", self.candidates))
+        k = check_count("k", kwargs.get("k", self.k))
+        candidates = check_count("candidates", kwargs.get("candidates", self.candidates))
         threshold = check_threshold(kwargs.get("score_threshold", self.score_threshold))
         return k, max(candidates, k), threshold
 
@@ -499,16 +504,6 @@ class RerankCrossEncoder(BaseCrossEncoder):
 def _check_score_key(value: object) -> str:
     if not isinstance(value, str) or not value:
         msg = f"score_key must be a non-empty metadata key, e.g. 'relevance_score', got {value!r}."
-        raise ValueError(msg)
-    return value
-
-
-def _count(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        msg = f"{name} must be a positive int, got {value!r}."
-        raise TypeError(msg)
-    if value < 1:
-        msg = f"{name} must be >= 1, got {value}."
         raise ValueError(msg)
     return value
 

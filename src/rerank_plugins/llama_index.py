@@ -33,7 +33,7 @@ from pydantic import (  # noqa: E402
 )
 
 from rerank_plugins._adapters import RERANKED_KEY, AdapterSettings, model_name  # noqa: E402
-from rerank_plugins.results import check_threshold  # noqa: E402
+from rerank_plugins.results import check_count, check_threshold  # noqa: E402
 from rerank_plugins.retrieval import Hit, TwoStageRetriever  # noqa: E402
 
 __all__ = [
@@ -287,8 +287,8 @@ class RerankRetriever(BaseRetriever):
             )
             raise TypeError(msg)
         self.retriever = retriever
-        self.top_k = _count("top_k", top_k)
-        self.candidates = _count("candidates", candidates)
+        self.top_k = check_count("top_k", top_k)
+        self.candidates = check_count("candidates", candidates)
         self.score_threshold = check_threshold(score_threshold)
         # As LlamaIndex's own retrievers: handlers set on Settings see this one too.
         super().__init__(callback_manager=callback_manager or Settings.callback_manager)
@@ -332,14 +332,3 @@ def _node(hit: Hit) -> NodeWithScore:
         excluded_embed_metadata_keys=list(bookkeeping),
     )
     return NodeWithScore(node=node, score=float(hit.score))
-
-
-def _count(name: str, value: object) -> int:
-    """``value`` if it is a positive int; else a one-line error naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        msg = f"{name} must be a positive int, got {value!r}."
-        raise TypeError(msg)
-    if value < 1:
-        msg = f"{name} must be >= 1, got {value}."
-        raise ValueError(msg)
-    return value

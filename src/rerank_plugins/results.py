@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "RerankResult",
+    "check_count",
     "check_instruction",
     "check_query",
     "check_texts",
@@ -96,6 +97,22 @@ def check_texts(texts: object) -> list[str]:
             msg = f"texts[{i}] must be a str, got {type(text).__name__}; convert or drop it first."
             raise TypeError(msg)
     return out
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` if it is a positive int (not a bool); else a one-line error naming ``name``.
+
+    Examples:
+        >>> check_count("top_k", 3)
+        3
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        msg = f"{name} must be a positive int, got {value!r}."
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be >= 1, got {value}."
+        raise ValueError(msg)
+    return value
 
 
 def check_top_n(top_n: object, *, allow_none: bool = True) -> int | None:

@@ -15,7 +15,7 @@ from typing import Any
 from rerank_plugins.config import EngineConfig
 from rerank_plugins.contract import Scorer, check_scorer
 from rerank_plugins.registry import get_engine
-from rerank_plugins.results import check_query, check_texts, select
+from rerank_plugins.results import check_count, check_query, check_texts, select
 from rerank_plugins.retrieval.encoders import BiEncoder, Encoder
 from rerank_plugins.retrieval.stores import InMemoryStore, Match, VectorStore
 
@@ -373,7 +373,7 @@ class TwoStageRetriever:
             ['doc-7', 'doc-2']
         """
         query = check_query(query)
-        matches, _, _ = self._first_stage(query, _positive_int("candidates", candidates))
+        matches, _, _ = self._first_stage(query, check_count("candidates", candidates))
         return matches
 
     async def aretrieve_detailed(
@@ -441,20 +441,10 @@ def _assemble(
     return Retrieval(query, [candidates[i] for i in order], candidates, StageTimings(*timings))
 
 
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        msg = f"{name} must be a positive int, got {value!r}."
-        raise TypeError(msg)
-    if value < 1:
-        msg = f"{name} must be >= 1, got {value}."
-        raise ValueError(msg)
-    return value
-
-
 def _check_request(query: object, top_k: object, candidates: object) -> str:
     checked = check_query(query)
-    k = _positive_int("top_k", top_k)
-    c = _positive_int("candidates", candidates)
+    k = check_count("top_k", top_k)
+    c = check_count("candidates", candidates)
     if c < k:
         msg = (
             f"candidates={c} is smaller than top_k={k}: the reranker can only reorder what the "
