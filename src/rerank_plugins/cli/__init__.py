@@ -26,7 +26,7 @@ from rerank_plugins.errors import RerankError
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # The subcommands, in the order `--help` lists them: each is a module of this package.
-COMMANDS: tuple[str, ...] = ("demo", "rerank", "eval", "bench", "serve")
+COMMANDS: tuple[str, ...] = ("demo", "rerank", "eval", "finetune", "bench", "serve")
 
 logger = logging.getLogger("rerank_plugins")
 
