@@ -152,6 +152,28 @@ def test_hard_negatives_are_the_bi_encoders_top_passages_that_are_not_answers(
     assert all(isinstance(r, TrainingPair) for r in rows)
 
 
+@slow
+def test_denoising_drops_the_candidates_the_base_reranker_scores_as_high_as_the_answer(
+    bi_encoder: str, bert_engine
+) -> None:
+    from rerank_plugins.retrieval import BiEncoder
+
+    corpus = {p.id: p.text for p in load_corpus()[:60]}
+    answer = next(iter(corpus))
+    query = load_corpus()[0].metadata["title"]
+    index = ExactIndex(BiEncoder(bi_encoder, device="cpu"), corpus)
+    args = (index, corpus, {"q": query}, {"q": {answer: 1}})
+    plain = mine_hard_negatives(*args, negatives=30, depth=30)
+    kept = mine_hard_negatives(*args, negatives=30, depth=30, denoiser=bert_engine)
+    bar = bert_engine.score(query, [corpus[answer]])[0]
+    candidates = [r.passage_id for r in plain if r.label == 0]
+    texts = [corpus[d] for d in candidates]
+    scores = dict(zip(candidates, bert_engine.score(query, texts), strict=True))
+    expected = [d for d in candidates if scores[d] < bar]
+    assert 0 < len(expected) < len(candidates), "the tiny reranker vetoes some, not all"
+    assert [r.passage_id for r in kept if r.label == 0] == expected
+
+
 # ------------------------------------------------------------------ the command, end to end
 
 
@@ -247,7 +269,7 @@ def test_finetune_on_a_beir_folder(tmp_path: Path, bert_path: str, bi_encoder: s
 
 @slow
 def test_the_untrained_fallback_comes_out_with_a_trained_head_and_no_fallback_mark(
-    tmp_path: Path, bert_path: str, bi_encoder: str
+    tmp_path: Path, bert_path: str, bi_encoder: str, caplog
 ) -> None:
     from rerank_plugins import get_engine
 
@@ -261,6 +283,8 @@ def test_the_untrained_fallback_comes_out_with_a_trained_head_and_no_fallback_ma
         settings=QUICK, device="cpu", progress=False,
     )  # fmt: skip
     assert report.base_untrained
+    untrained_warnings = [r for r in caplog.records if "UNTRAINED" in r.getMessage()]
+    assert not untrained_warnings, "evaluating the base says it in the report, not the log"
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert "rerank_plugins_fallback" not in saved
     assert get_engine(str(tmp_path / "tuned"), device="cpu").info.warnings == ()

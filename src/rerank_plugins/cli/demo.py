@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import textwrap
 import time
@@ -218,7 +217,10 @@ def _load_reranker(
     tuned: list[FinetuneReport] = []
 
     def load(model: str) -> RerankEngine:
-        from rerank_plugins.models.offline import is_untrained_fallback
+        from rerank_plugins.models.offline import (
+            is_untrained_fallback,
+            untrained_notice_held_back,
+        )
 
         if not is_untrained_fallback(model):
             return load_engine(model, options)
@@ -227,13 +229,8 @@ def _load_reranker(
             tuned.append(report)
             return load_engine(report.output, options)
         # The demo shows the fallback's untrained head in a banner of its own, not twice.
-        model_logger = logging.getLogger("rerank_plugins.model")
-        level = model_logger.level
-        model_logger.setLevel(logging.ERROR)
-        try:
+        with untrained_notice_held_back():
             return load_engine(model, options)
-        finally:
-            model_logger.setLevel(level)
 
     engine, resolved = _load_with_fallback(name, "cross-encoder", name == DEFAULT_RERANKER, load)
     return engine, resolved, tuned[-1] if tuned else None
@@ -313,7 +310,12 @@ def _describe_tuned(report: FinetuneReport, width: int) -> str:
         f"the demo reranks with {report.output}"
     )
     return textwrap.fill(
-        text, width, initial_indent=" " * 14, subsequent_indent=" " * 14, break_on_hyphens=False
+        text,
+        width,
+        initial_indent=" " * 14,
+        subsequent_indent=" " * 14,
+        break_on_hyphens=False,
+        break_long_words=False,  # a path stays whole, to be copied
     )
 
 

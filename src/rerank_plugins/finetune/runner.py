@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -577,8 +578,14 @@ class _Run:
             for qid, query in training.eval_queries.items()
         }
         metrics: dict[str, dict[str, float]] = {}
+        from rerank_plugins.models.offline import untrained_notice_held_back
+
         for system, model in ((SYSTEMS[1], self.plan.base), (SYSTEMS[2], str(model_dir))):
-            engine = _engine(model, self.device)
+            # An untrained base is said in the report (``base_untrained``), not logged as if
+            # someone were about to rank with it.
+            untrained = system == SYSTEMS[1] and self.untrained
+            with untrained_notice_held_back() if untrained else contextlib.nullcontext():
+                engine = _engine(model, self.device)
             bar = tqdm(
                 total=len(run), desc=f"evaluating the {system}", unit="query",
                 disable=not self.progress,

@@ -10,8 +10,10 @@ pipeline runs and how fast, not what is relevant. Anything that prints its score
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +92,28 @@ def is_untrained_fallback(model: str | os.PathLike[str]) -> bool:
     """
     config = read_config(os.fspath(model)) if os.path.isdir(model) else None
     return bool(config and config.get(_MARKER_KEY))
+
+
+@contextlib.contextmanager
+def untrained_notice_held_back() -> Iterator[None]:
+    """Hold back the untrained-head warning of engines loaded inside, for callers that say it.
+
+    The engine logs `UNTRAINED_HEAD_NOTICE` on the ``rerank_plugins.model`` logger when it loads
+    the fallback. The demo shows it in a box of its own, and a fine-tune that starts from the
+    fallback says so in its report, so neither wants it logged twice.
+
+    Examples:
+        >>> with untrained_notice_held_back():
+        ...     logging.getLogger("rerank_plugins.model").isEnabledFor(logging.WARNING)
+        False
+    """
+    model_logger = logging.getLogger("rerank_plugins.model")
+    level = model_logger.level
+    model_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        model_logger.setLevel(level)
 
 
 def build_minilm_cross_encoder(folder: str | os.PathLike[str] | None = None) -> str:
