@@ -412,7 +412,11 @@ def test_the_offline_demo_fine_tunes_an_untrained_fallback_once_and_measures_it_
 
     assert main(argv) == 0
     first = capsys.readouterr().out
-    [tuned] = (tmp_path / "cache" / "finetuned").iterdir()
+
+    def built() -> list[Path]:  # the lock file beside them is hidden
+        return [p for p in (tmp_path / "cache" / "finetuned").iterdir() if p.name[0] != "."]
+
+    [tuned] = built()
     report = FinetuneReport.load(tuned)
     assert report.held_out_queries == len(demo_judgments())
     assert report.base_untrained
@@ -431,7 +435,35 @@ def test_the_offline_demo_fine_tunes_an_untrained_fallback_once_and_measures_it_
     second = capsys.readouterr().out
     assert "fine-tuning the fallback" not in second, "the second run reuses the first's model"
     assert "fine-tuned on the shipped corpus (reused;" in second
-    assert list((tmp_path / "cache" / "finetuned").iterdir()) == [tuned]
+    assert built() == [tuned]
+
+
+def test_without_the_finetune_extra_the_demo_says_so_and_shows_the_untrained_head(
+    tmp_path: Path, bert_path: str, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    import rerank_plugins.finetune.train as train
+    from rerank_plugins.errors import MissingDependencyError
+    from rerank_plugins.models.offline import bi_encoder_path
+
+    def missing() -> None:
+        msg = "fine-tuning needs datasets; install it with: pip install 'rerank-plugins[finetune]'"
+        raise MissingDependencyError(msg)
+
+    monkeypatch.setattr(train, "check_dependencies", missing)
+    fallback = tmp_path / "fallback"
+    shutil.copytree(bert_path, fallback)
+    config = json.loads((fallback / "config.json").read_text())
+    config["rerank_plugins_fallback"] = {"version": 1, "head": "untrained"}
+    (fallback / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("RERANK_PLUGINS_CACHE", str(tmp_path / "cache"))
+    argv = ["demo", "--bi-encoder", bi_encoder_path(), "--reranker", str(fallback)]
+    assert main([*argv, "--device", "cpu", "-q", "Why is the sky blue?"]) == 0
+    words = " ".join(capsys.readouterr().out.replace("!", " ").split())
+    assert "not fine-tuning the fallback reranker: fine-tuning needs datasets" in words
+    assert "UNTRAINED classification head" in words, "the untrained head's notice is back"
+    assert "reminder: the reranker's head is untrained" in words
 
 
 def test_demo_counts_in_the_singular_for_one_query_and_one_candidate(

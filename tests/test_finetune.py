@@ -7,6 +7,7 @@ result loaded back by the engine, both adapters and `sentence_transformers.Cross
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -102,7 +103,8 @@ def test_held_out_queries_are_never_trained_on(tmp_path: Path) -> None:
     assert "self-supervised" in data.method
     # The same inputs split the same way; another seed splits differently.
     assert load_training_data(tmp_path / "c", held_out=0.25) == data
-    assert load_training_data(tmp_path / "c", held_out=0.25, seed=7).digest == data.digest
+    other = load_training_data(tmp_path / "c", held_out=0.25, seed=7)
+    assert set(other.eval_queries.values()) != set(data.eval_queries.values())
 
 
 def test_judged_questions_replace_the_split_and_their_wording_is_never_trained_on() -> None:
@@ -115,6 +117,59 @@ def test_judged_questions_replace_the_split_and_their_wording_is_never_trained_o
     assert set(data.eval_queries) == {j.id for j in judged}
     assert judged[0].query not in data.train_queries.values()
     assert len(data.train_queries) == len(load_corpus())
+
+
+def test_judged_questions_over_a_corpus_alone_are_asked_of_the_whole_passages() -> None:
+    """Training holds a sentence out of an untitled passage; the evaluation does not."""
+    text = "Rain falls from clouds. Clouds are made of tiny droplets. Droplets grow by merging."
+    records = [{"id": "rain", "text": text}, *load_corpus()[:10]]
+
+    class Question:
+        id, query, relevant = "q", "What are clouds made of?", {"rain": 1}
+
+    data = load_training_data(records, held_out_queries=[Question()])
+    assert data.corpus["rain"] != text, "trained on the passage without its query sentence"
+    assert data.evaluation_corpus["rain"] == text
+    plain = load_training_data(records, held_out=0.5)
+    assert plain.evaluation_corpus is plain.corpus, "generated held-out queries: as trained"
+
+
+def write_beir(folder: Path, train: dict[str, str], test: dict[str, str]) -> Path:
+    """A BEIR folder over the sample's corpus: query id -> relevant passage, per split."""
+    folder.mkdir(parents=True)
+    shutil.copy(BEIR_SAMPLE / "corpus.jsonl", folder / "corpus.jsonl")
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
+    queries = {q: f"question about {corpus[i]['text'][:40]}" for i, q in enumerate("abcdefgh")}
+    with (folder / "queries.jsonl").open("w") as f:
+        for q, text in queries.items():
+            f.write(json.dumps({"id": q, "text": text}) + "\n")  # "id" as well as "_id"
+    (folder / "qrels").mkdir()
+    for split, judged in (("train", train), ("test", test)):
+        rows = [f"{q}\t{doc}\t1" for q, doc in judged.items()]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_a_beir_folder_trains_on_train_and_evaluates_on_test_queries_it_never_saw(
+    tmp_path: Path,
+) -> None:
+    train = {"a": "rag-0", "b": "rag-1", "c": "rag-2", "d": "rag-0"}
+    test = {"d": "rag-0", "e": "rag-1", "f": "rag-2"}  # "d" is in both
+    data = load_training_data(write_beir(tmp_path / "b", train, test))
+    assert set(data.train_queries) == {"a", "b", "c", "d"}
+    assert set(data.eval_queries) == {"e", "f"}, "a test query also trained on is left out"
+    assert "qrels/train.tsv" in data.method and "qrels/test.tsv" in data.method
+
+    # A test split that only repeats training queries: the training queries are split.
+    repeated = load_training_data(write_beir(tmp_path / "r", train, {"a": "rag-0"}), held_out=0.5)
+    assert len(repeated.eval_queries) == 2
+    assert not set(repeated.eval_queries) & set(repeated.train_queries)
+
+
+def test_a_beir_folder_whose_qrels_name_no_known_query_is_refused(tmp_path: Path) -> None:
+    folder = write_beir(tmp_path / "b", {"zz": "rag-0"}, {"yy": "rag-1"})
+    with pytest.raises(ValueError, match=r"judges no query of queries\.jsonl"):
+        load_training_data(folder)
 
 
 def test_a_beir_folder_trains_on_its_judged_queries_and_holds_some_out() -> None:
@@ -236,6 +291,12 @@ def test_the_written_folder_loads_in_the_engine_both_adapters_and_sentence_trans
     )
     assert nodes[0].node.get_content() == docs[best]
 
+    moved = output.with_name("moved")
+    shutil.copytree(output, moved)
+    report = FinetuneReport.load(moved)
+    assert report.output == str(moved), "a moved folder reports where it is now"
+    assert report.plot == str(moved / "finetune_metrics.png")
+
 
 @slow
 def test_running_the_same_command_again_reuses_the_folder_without_training(
@@ -325,6 +386,82 @@ def test_an_interrupted_fine_tune_resumes_from_its_last_checkpoint(
     assert not (tmp_path / "out.partial").exists(), "a finished run removes its checkpoints"
 
 
+@slow
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dataclasses.replace(QUICK, loss="bce"),
+        dataclasses.replace(QUICK, distill=0.0),
+        dataclasses.replace(QUICK, denoise=True, margin=0.01),
+    ],
+    ids=["bce", "no-distillation", "denoise-and-margin"],
+)
+def test_every_loss_and_negative_filter_trains_a_folder_that_loads(
+    tmp_path: Path, bert_path: str, bi_encoder: str, settings: FinetuneSettings
+) -> None:
+    from rerank_plugins import get_engine
+
+    report = finetune(
+        load_corpus()[:40], base=bert_path, bi_encoder=bi_encoder, output=tmp_path / "out",
+        settings=settings, device="cpu", progress=False,
+    )  # fmt: skip
+    assert report.steps > 0 and report.settings["loss"] == settings.loss
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("binary cross-entropy" in card) is (settings.loss == "bce")
+    assert ("distillation" in card) is (settings.loss == "listwise" and settings.distill > 0)
+    assert ("base reranker scores as high" in card) is settings.denoise
+    scores = get_engine(str(tmp_path / "out"), device="cpu").score("sky", ["blue", "red"])
+    assert len(scores) == 2
+
+
+@slow
+def test_with_nothing_held_out_it_trains_and_says_nothing_was_evaluated(
+    tmp_path: Path, bert_path: str, bi_encoder: str, capsys
+) -> None:
+    argv = ["finetune", str(write_corpus(tmp_path / "c")), "--base", bert_path]
+    argv += ["--bi-encoder", bi_encoder, "-o", str(tmp_path / "out"), "--held-out", "0"]
+    assert main([*argv, "--device", "cpu", "-q", *QUICK_FLAGS]) == 0
+    assert "no held-out queries, so nothing was evaluated" in capsys.readouterr().out
+    assert FinetuneReport.load(tmp_path / "out").metrics == {}
+    assert "Not evaluated" in (tmp_path / "out" / "README.md").read_text()
+    assert not (tmp_path / "out" / "finetune_metrics.png").exists()
+
+
+@slow
+def test_another_fine_tune_into_a_used_output_needs_overwrite(
+    tmp_path: Path, bert_path: str, bi_encoder: str, capsys
+) -> None:
+    argv = ["finetune", str(write_corpus(tmp_path / "c")), "--base", bert_path]
+    argv += ["--bi-encoder", bi_encoder, "-o", str(tmp_path / "out"), "--device", "cpu", "-q"]
+    assert main([*argv, *QUICK_FLAGS]) == 0
+    first = FinetuneReport.load(tmp_path / "out").fingerprint
+    capsys.readouterr()
+    assert exit_code([*argv, *QUICK_FLAGS, "--seed", "5"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert FinetuneReport.load(tmp_path / "out").fingerprint == first, "refused: left as it was"
+    assert main([*argv, *QUICK_FLAGS, "--seed", "5", "--overwrite"]) == 0
+    assert FinetuneReport.load(tmp_path / "out").fingerprint != first
+
+
+@slow
+def test_two_runs_of_one_fine_tune_at_once_train_it_once(
+    tmp_path: Path, bert_path: str, bi_encoder: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run() -> FinetuneReport:
+        return finetune(
+            load_corpus()[:40], base=bert_path, bi_encoder=bi_encoder, output=tmp_path / "out",
+            settings=QUICK, device="cpu", progress=False,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda _: run(), range(2)))
+    assert sorted(r.reused for r in reports) == [False, True], "the second waited and reused"
+    assert {r.fingerprint for r in reports} == {reports[0].fingerprint}
+    assert is_finetuned(tmp_path / "out") and not (tmp_path / "out.partial").exists()
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2
 
 
@@ -347,7 +484,7 @@ def exit_code(argv: list[str]) -> int:
         ("taken", [], r"already holds other files"),
     ],
 )
-def test_bad_input_is_refused_in_one_line_before_any_model_loads(
+def test_bad_input_is_refused_in_one_line_with_exit_code_2(
     tmp_path: Path, bert_path: str, bi_encoder: str, data: str, extra: list[str], match: str,
     capsys,
 ) -> None:  # fmt: skip

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - start
     info = engine.info
     out(_describe("bi-encoder", bi, width))
-    out(_describe("reranker", ce, width))
+    out(_describe("reranker", ce, width, tuned=tuned is not None))
     if tuned is not None:
         out(_describe_tuned(tuned, width))
     out(
@@ -242,30 +242,26 @@ def _finetune_fallback(
     """Fine-tune the untrained fallback on the shipped corpus, once (cached by its inputs).
 
     The 32 hand-judged demo questions are held out: the fine-tune never trains on them, and
-    they measure it. Returns None (the demo then shows the untrained head, saying so) when the
-    ``finetune`` extra is not installed.
+    they measure it. Returns None when it cannot be done here (the ``finetune`` extra is
+    missing, or training failed): the demo then says why in one line and shows the untrained
+    head, with its notice.
     """
     from rerank_plugins.data import demo_judgments, load_corpus
-    from rerank_plugins.errors import MissingDependencyError
-    from rerank_plugins.finetune import finetune_corpus, plan_finetune
+    from rerank_plugins.errors import RerankError
+    from rerank_plugins.finetune import plan_finetune
 
-    corpus, judged = load_corpus(), demo_judgments()
-    plan = plan_finetune(corpus, base=base, bi_encoder=bi_encoder, held_out_queries=judged)
-    if plan.finished is None:
-        out(
-            "  fine-tuning the fallback reranker on the shipped corpus, once (later runs reuse "
-            f"it; a few minutes on a CPU; progress on stderr) into {plan.output}"
-        )
     try:
-        return finetune_corpus(
-            corpus,
-            base,
-            bi_encoder,
-            held_out_queries=judged,
-            device=options.get("device") or "auto",
+        plan = plan_finetune(
+            load_corpus(), base=base, bi_encoder=bi_encoder, held_out_queries=demo_judgments()
         )
-    except MissingDependencyError as exc:
-        out(f"  not fine-tuning the fallback reranker: {exc}")
+        if plan.finished is None:
+            out(
+                "  fine-tuning the fallback reranker on the shipped corpus, once (later runs "
+                f"reuse it; a few minutes on a CPU; progress on stderr) into {plan.output}"
+            )
+        return plan.run(device=options.get("device") or "auto")
+    except (RerankError, OSError, ValueError, RuntimeError) as exc:
+        out(f"  not fine-tuning the fallback reranker: {error_clause(exc, limit=200)}")
         return None
 
 
@@ -286,12 +282,12 @@ def _load_with_fallback(name: str, kind: ModelKind, is_default: bool, load: Any)
         return load(resolved.model), resolved
 
 
-def _describe(label: str, resolved: ResolvedModel, width: int) -> str:
+def _describe(label: str, resolved: ResolvedModel, width: int, *, tuned: bool = False) -> str:
     from rerank_plugins.models.offline import describe
 
     text = describe(resolved)
     if resolved.untrained:
-        text += " [UNTRAINED HEAD]"
+        text += " [untrained head, fine-tuned below]" if tuned else " [UNTRAINED HEAD]"
     return textwrap.fill(
         text,
         width,

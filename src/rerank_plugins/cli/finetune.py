@@ -52,8 +52,8 @@ def register(subparsers: Any) -> None:
             "is the query for the rest). Hard negatives come from --bi-encoder. Prints nDCG@10, "
             "MRR@10 and Recall@10/50 of the first stage, the base reranker and the fine-tuned "
             "one on held-out queries, and writes --output: the model, a model card, "
-            "finetune_report.json and finetune_metrics.png. Run the same command again to "
-            "resume an interrupted run, or to reuse a finished one."
+            "finetune_report.json and (with the eval extra) finetune_metrics.png. Run the "
+            "same command again to resume an interrupted run, or to reuse a finished one."
         ),
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="BEIR or corpus.jsonl folder")
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         )
         out(report.table())
     else:
-        out("no held-out queries, so nothing was evaluated (--held-out 0)")
+        out("no held-out queries, so nothing was evaluated")
     if report.base_untrained:
         out("(the base reranker is the offline fallback: its head is untrained)")
     seconds = report.seconds.get("total")
@@ -213,4 +213,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _flags(message: str) -> str:
     """Library wording (``overwrite=True``) as the flag that does the same."""
-    return message.replace("overwrite=True (--overwrite)", "--overwrite")
+    for library, flag in (
+        ("overwrite=True (--overwrite)", "--overwrite"),
+        ("held_out=0 (--held-out 0)", "--held-out 0"),
+    ):
+        message = message.replace(library, flag)
+    return message

@@ -47,6 +47,16 @@ def _read_jsonl(path: Path) -> list[dict[str, object]]:
     return rows
 
 
+def _row_id(row: object, path: Path, n: int) -> str:
+    """The ``_id`` (BEIR) or ``id`` of a JSON-lines record; a clear error without either."""
+    if isinstance(row, dict):
+        found = row.get("_id", row.get("id"))
+        if found is not None:
+            return str(found)
+    msg = f'{path}: record {n} has no "_id" (or "id"); every line needs one.'
+    raise ValueError(msg)
+
+
 def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Load ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` from ``folder``.
 
@@ -65,13 +75,16 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
             raise FileNotFoundError(msg)
     corpus: dict[str, str] = {}
     titles: dict[str, str] = {}
-    for row in _read_jsonl(needed[0]):
-        doc_id = str(row["_id"])
+    for n, row in enumerate(_read_jsonl(needed[0]), 1):
+        doc_id = _row_id(row, needed[0], n)
         title = str(row.get("title") or "")
         text = str(row.get("text") or "")
         titles[doc_id] = title
         corpus[doc_id] = f"{title} {text}".strip() if title else text
-    all_queries = {str(r["_id"]): str(r["text"]) for r in _read_jsonl(needed[1])}
+    all_queries = {
+        _row_id(r, needed[1], n): str(r.get("text") or "")
+        for n, r in enumerate(_read_jsonl(needed[1]), 1)
+    }
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     with needed[2].open(encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t")

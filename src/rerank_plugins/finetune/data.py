@@ -99,6 +99,9 @@ class TrainingData:
         source: ``"beir"`` or ``"corpus"``.
         method: How the training and held-out queries were obtained, in one sentence.
         digest: SHA-256 of the inputs, so a changed input is a different fine-tune.
+        eval_corpus: The passages the held-out queries are ranked over, when not ``corpus``:
+            judged questions over a corpus alone are asked of the passages as they are, not
+            of the texts with a sentence held out for training (None: ``corpus``).
 
     Examples:
         >>> passages = [CorpusPassage(f"p{i}", f"Text number {i}.", f"Title {i}") for i in range(5)]
@@ -117,6 +120,12 @@ class TrainingData:
     source: str
     method: str
     digest: str
+    eval_corpus: dict[str, str] | None = None
+
+    @property
+    def evaluation_corpus(self) -> dict[str, str]:
+        """The passages the held-out queries are ranked over."""
+        return self.corpus if self.eval_corpus is None else self.eval_corpus
 
 
 CorpusSource = str | os.PathLike[str] | Sequence[Any]
@@ -250,7 +259,7 @@ def load_training_data(
         msg = f"held_out must be a share between 0 and 0.9, got {held_out!r}."
         raise ValueError(msg)
     judged = list(held_out_queries) if held_out_queries is not None else None
-    folder = Path(source) if isinstance(source, str | os.PathLike) else None
+    folder = Path(source).expanduser() if isinstance(source, str | os.PathLike) else None
     if folder is not None and folder.is_dir() and _is_beir(folder):
         data = _beir(folder, held_out, seed, judged is not None)
     else:
@@ -285,26 +294,32 @@ def _beir(folder: Path, held_out: float, seed: int, judged: bool) -> TrainingDat
     )
     eval_q: dict[str, str] = {}
     eval_qrels: dict[str, dict[str, int]] = {}
+    held = load_beir(folder, split=evaluation[0]) if evaluation and not judged else None
+    unseen = _unseen(held, train) if held is not None else {}
     if judged:
         train_q = train.queries
         method = f"the judged queries of qrels/{splits[0]}.tsv"
-    elif evaluation:
-        held = load_beir(folder, split=evaluation[0])
-        seen = set(train.queries) | {_norm(t) for t in train.queries.values()}
-        eval_q = {q: t for q, t in held.queries.items() if q not in seen and _norm(t) not in seen}
+    elif held is not None and unseen:
+        eval_q = unseen
         eval_qrels = {q: held.qrels[q] for q in eval_q}
         train_q = train.queries
         method = (
             f"trained on the judged queries of qrels/{splits[0]}.tsv, evaluated on those of "
             f"qrels/{evaluation[0]}.tsv not trained on"
         )
-    else:
+    else:  # one split, or every query of the second is also in the first: split the first
         train_q, eval_q = _split(train.queries, held_out, seed)
         eval_qrels = {q: train.qrels[q] for q in eval_q}
         method = (
             f"the judged queries of qrels/{splits[0]}.tsv, {round(held_out * 100)}% of them "
             f"(seed {seed}) held out for evaluation"
         )
+    if not train_q:
+        msg = (
+            f"{folder / 'qrels' / (splits[0] + '.tsv')} judges no query of queries.jsonl; "
+            "check that the query ids of the two files agree."
+        )
+        raise ValueError(msg)
     return TrainingData(
         corpus=train.corpus,
         train_queries=train_q,
@@ -378,6 +393,7 @@ def _corpus(
         source="corpus",
         method=method,
         digest=digest,
+        eval_corpus=_unless_same({p.id: p.text for p in passages}, corpus) if judged else None,
     )
 
 
@@ -385,7 +401,7 @@ def _with_judged(data: TrainingData, judged: Sequence[JudgedQueryLike]) -> Train
     """Evaluate on ``judged``; train on no query worded like one of them."""
     eval_queries = {str(j.id): str(j.query) for j in judged}
     eval_qrels = {str(j.id): {str(d): int(g) for d, g in j.relevant.items()} for j in judged}
-    unknown = sorted({d for rel in eval_qrels.values() for d in rel} - set(data.corpus))
+    unknown = sorted({d for rel in eval_qrels.values() for d in rel} - set(data.evaluation_corpus))
     if unknown:
         msg = (
             f"held-out queries judge passages missing from the corpus: {unknown[:3]}; check "
@@ -406,6 +422,7 @@ def _with_judged(data: TrainingData, judged: Sequence[JudgedQueryLike]) -> Train
         source=data.source,
         method=f"{data.method}; evaluated on {len(judged)} judged held-out queries",
         digest=_digest_text(data.digest + record),
+        eval_corpus=data.eval_corpus,
     )
 
 
@@ -419,7 +436,7 @@ def _split(
     if len(qids) < 2:
         msg = (
             f"only {len(qids)} query to split into training and held-out parts; add passages "
-            "or queries, or pass held_out=0."
+            "or queries, or pass held_out=0 (--held-out 0)."
         )
         raise ValueError(msg)
     random.Random(seed).shuffle(qids)  # noqa: S311 (a reproducible split, not a secret)
@@ -430,6 +447,16 @@ def _split(
         {q: queries[q] for q in order if q not in held},
         {q: queries[q] for q in order if q in held},
     )
+
+
+def _unseen(held: Any, train: Any) -> dict[str, str]:
+    """The queries of ``held`` that ``train`` does not have, by id or by wording."""
+    seen = set(train.queries) | {_norm(t) for t in train.queries.values()}
+    return {q: t for q, t in held.queries.items() if q not in seen and _norm(t) not in seen}
+
+
+def _unless_same(full: dict[str, str], corpus: dict[str, str]) -> dict[str, str] | None:
+    return None if full == corpus else full
 
 
 def _norm(text: str) -> str:

@@ -105,12 +105,28 @@ class FinetuneReport:
     def load(cls, folder: str | os.PathLike[str]) -> FinetuneReport:
         """Read the report of a fine-tuned folder.
 
+        The folder it is read from is its ``output`` (and holds its ``plot``), wherever the
+        folder was when it was written: a moved folder or cache still loads.
+
         Raises:
             FileNotFoundError: The folder holds no ``finetune_report.json``.
+            ValueError: The file is not a report this version can read.
         """
-        data = json.loads((Path(folder) / REPORT_FILE).read_text(encoding="utf-8"))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        file = Path(folder) / REPORT_FILE
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            known = set(cls.__dataclass_fields__)
+            report = cls(**{k: v for k, v in data.items() if k in known})
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+            msg = (
+                f"{file} is not a fine-tune report ({type(exc).__name__}); remove the folder, "
+                "or pass another output folder."
+            )
+            raise ValueError(msg) from None
+        report.output = str(Path(folder))
+        if report.plot is not None:
+            report.plot = str(Path(folder) / PLOT_FILE)
+        return report
 
     def save(self, folder: Path) -> None:
         """Write ``finetune_report.json`` into ``folder``."""
@@ -151,7 +167,11 @@ def metrics_table(metrics: dict[str, dict[str, float]], *, markdown: bool = Fals
 def model_card(report: FinetuneReport) -> str:
     """The README.md of the fine-tuned folder: base, data, method, settings, metrics, limits."""
     settings = report.settings
-    hub_base = not os.path.isabs(report.base) and report.base.count("/") == 1
+    hub_base = (
+        report.base.count("/") == 1
+        and not report.base.startswith((".", "/", "~"))
+        and not os.path.exists(report.base)
+    )
     front = [
         "---",
         "library_name: sentence-transformers",
@@ -202,7 +222,9 @@ def model_card(report: FinetuneReport) -> str:
         "",
         f"For each training query, its judged passages are positives (label 1) and the "
         f"{settings.get('negatives')} passages the bi-encoder ranks highest among its top "
-        f"{settings.get('depth')} that are not judged relevant are hard negatives (label 0). "
+        f"{settings.get('depth')} that are not judged relevant are hard negatives (label 0)"
+        + _filters(settings)
+        + ". "
         f"Loss: {_loss_sentence(settings)} {float(settings.get('epochs') or 0):g} epochs, "
         f"batch size {settings.get('batch_size')} queries, "
         f"learning rate {settings.get('learning_rate')} (linear warm-up over "
@@ -219,7 +241,11 @@ def model_card(report: FinetuneReport) -> str:
         "## Limits",
         "",
         "This is a small fine-tune on one collection, with queries that are "
-        + ("generated from the passages" if "self-supervised" in report.method else "few")
+        + (
+            "generated from the passages"
+            if "self-supervised" in report.method
+            else "this collection's judged ones"
+        )
         + ". It adapts the reranker to this collection's vocabulary and to queries like the "
         "training ones; it is not a general-purpose reranker trained on millions of real "
         "queries (such as MS MARCO), and its scores on other collections are untested.",
@@ -235,6 +261,18 @@ def model_card(report: FinetuneReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _filters(settings: dict[str, Any]) -> str:
+    """The optional negative filters that were on, as a clause."""
+    parts = []
+    if settings.get("margin") is not None:
+        parts.append(
+            f"skipping candidates within {settings['margin']} cosine similarity of the best answer"
+        )
+    if settings.get("denoise"):
+        parts.append("skipping candidates the base reranker scores as high as the answer")
+    return (", " + " and ".join(parts)) if parts else ""
 
 
 def _loss_sentence(settings: dict[str, Any]) -> str:

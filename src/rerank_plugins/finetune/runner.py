@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +67,14 @@ class FinetuneSettings:
     epochs: float = 2.0
     """Passes over the training queries."""
     negatives: int = 8
-    """Hard negatives per positive (fewer for a query with fewer candidates)."""
+    """Hard negatives per query (fewer for a query with fewer candidates)."""
     depth: int = 30
     """How far down the bi-encoder's ranking hard negatives are looked for."""
     margin: float | None = None
     """Skip candidates within this cosine similarity of the best answer (None: keep them)."""
     denoise: bool = False
-    """Also skip candidates the base reranker scores at least as high as the answer."""
+    """Also skip candidates the base reranker scores at least as high as the answer (not done
+    for the untrained offline fallback, whose scores say nothing of relevance)."""
     loss: str = "listwise"
     """``"listwise"``: softmax cross-entropy over each positive and its negatives (Gao et al.
     2021's localized contrastive estimation). ``"bce"``: binary cross-entropy per pair,
@@ -92,7 +93,8 @@ class FinetuneSettings:
     bf16: bool | None = None
     """Train in bf16 mixed precision (None: where the GPU or CPU runs bf16 natively)."""
     held_out: float = 0.2
-    """Share of the queries held out for evaluation (0: none; ignored with judged queries)."""
+    """Share of the queries held out for evaluation (0: none). Ignored with judged
+    ``held_out_queries``, and for a BEIR folder with a second split to evaluate on."""
     candidates: int = 50
     """First-stage candidates reranked per held-out query in the evaluation."""
     seed: int = DEFAULT_SEED
@@ -156,7 +158,8 @@ class FinetunePlan:
     @property
     def checkpoints(self) -> Path:
         """Where an unfinished run keeps its checkpoints: ``<output>.partial``."""
-        return self.output.with_name(self.output.name + ".partial")
+        folder = self.output.resolve()  # "." and ".." have no name to add to
+        return folder.with_name(folder.name + ".partial")
 
     def run(
         self, *, device: str = "auto", progress: bool = True, callbacks: Sequence[Any] = ()
@@ -174,7 +177,13 @@ class FinetunePlan:
         if self.finished is not None:
             logger.info("reusing the fine-tuned model in %s", self.output)
             return dataclasses.replace(self.finished, reused=True)
-        return _Run(self, device, progress).execute(callbacks)
+        # One run at a time per output: a second run of this fine-tune (two demos started
+        # together) waits, then finds the first one's folder; none shares the checkpoints.
+        folder = self.output.resolve()
+        with _exclusive(folder.with_name(f".{folder.name}.lock")):
+            if _holds(self.output, self.fingerprint):
+                return dataclasses.replace(FinetuneReport.load(self.output), reused=True)
+            return _Run(self, device, progress).execute(callbacks)
 
 
 def plan_finetune(
@@ -194,6 +203,7 @@ def plan_finetune(
         ModelLoadError: ``base`` or ``bi_encoder`` is not a model that can load here.
         ValueError: Malformed data, too few queries, a base with several outputs, or an
             ``output`` that holds something else.
+        MissingDependencyError: Training would need the ``finetune`` extra, not installed.
 
     Examples:
         >>> plan_finetune("my-corpus/", base="./no/such/model", bi_encoder="x/z")
@@ -209,8 +219,12 @@ def plan_finetune(
         data, held_out=settings.held_out, seed=settings.seed, held_out_queries=held_out_queries
     )
     fingerprint = _fingerprint(training, base, bi_encoder, settings)
-    out = Path(output) if output is not None else _cache_folder(fingerprint)
+    out = Path(output).expanduser() if output is not None else _cache_folder(fingerprint)
     finished = check_output(out, fingerprint=fingerprint, overwrite=overwrite)
+    if finished is None:
+        from rerank_plugins.finetune.train import check_dependencies
+
+        check_dependencies()
     return FinetunePlan(
         _describe(data), training, base, bi_encoder, out, settings, fingerprint, finished
     )
@@ -301,6 +315,7 @@ def finetune_corpus(
     settings: FinetuneSettings | None = None,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> FinetuneReport:
     """Fine-tune on a corpus alone, built once: a second call returns the same folder's report.
 
@@ -319,6 +334,7 @@ def finetune_corpus(
         settings: Training settings.
         device: Where to train and evaluate.
         progress: Show progress bars on stderr.
+        overwrite: Replace an ``output`` that holds a fine-tune of other inputs.
 
     Returns:
         The report; ``report.output`` is the model folder.
@@ -341,6 +357,7 @@ def finetune_corpus(
         held_out_queries=held_out_queries,
         device=device,
         progress=progress,
+        overwrite=overwrite,
     )
 
 
@@ -418,9 +435,14 @@ def check_output(
         return report
     if overwrite:
         return None
+    what = (
+        "an incomplete copy of this fine-tune (its model files are missing)"
+        if report.fingerprint == fingerprint
+        else "a fine-tune of other data, models or settings"
+    )
     msg = (
-        f"output folder {str(folder)!r} holds a fine-tune of other data, models or settings; "
-        "pass a new folder, or overwrite=True (--overwrite) to replace it."
+        f"output folder {str(folder)!r} holds {what}; pass a new folder, or overwrite=True "
+        "(--overwrite) to replace it."
     )
     raise ValueError(msg)
 
@@ -567,9 +589,14 @@ class _Run:
 
         from rerank_plugins.evaluation import BeirData, evaluate
 
+        corpus = training.evaluation_corpus
+        if corpus is not training.corpus:
+            from rerank_plugins.finetune.negatives import ExactIndex
+
+            index = ExactIndex(index.encoder, corpus)
         data = BeirData(
-            corpus=training.corpus,
-            titles=dict.fromkeys(training.corpus, ""),
+            corpus=corpus,
+            titles=dict.fromkeys(corpus, ""),
             queries=training.eval_queries,
             qrels=training.eval_qrels,
         )
@@ -651,6 +678,11 @@ def _model_identity(model: str) -> str:
         return model
     config = Path(model, "config.json")
     text = config.read_text(encoding="utf-8") if config.is_file() else ""
+    # The weights by size and time: retrained in place, it is another model (cheap to read,
+    # where hashing gigabytes of weights on every plan would not be).
+    for weights in sorted(Path(model).glob("*.safetensors")) + sorted(Path(model).glob("*.bin")):
+        stat = weights.stat()
+        text += f"\n{weights.name}:{stat.st_size}:{stat.st_mtime_ns}"
     return f"{os.path.abspath(model)}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
@@ -661,6 +693,23 @@ def _holds(folder: Path, fingerprint: str) -> bool:
         return FinetuneReport.load(folder).fingerprint == fingerprint
     except (OSError, ValueError, TypeError):
         return False
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (POSIX; elsewhere no lock is taken)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent runs of one fine-tune are not guarded there
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _start_work(work: Path, fingerprint: str) -> None:

@@ -15,7 +15,13 @@ from rerank_plugins._imports import require
 from rerank_plugins.errors import MissingDependencyError
 from rerank_plugins.finetune.negatives import TrainingPair
 
-__all__ = ["TEACHER_TEMPERATURE", "TrainedModel", "save_model", "train_cross_encoder"]
+__all__ = [
+    "TEACHER_TEMPERATURE",
+    "TrainedModel",
+    "check_dependencies",
+    "save_model",
+    "train_cross_encoder",
+]
 
 logger = logging.getLogger("rerank_plugins")
 
@@ -52,6 +58,30 @@ class TrainedModel:
     train_loss: float | None
     seconds: float
     precision: str = "fp32"
+
+
+def check_dependencies() -> tuple[Any, Any, Any, Any]:
+    """Import what training needs: torch, transformers, sentence-transformers 6+, datasets.
+
+    Returns:
+        The modules torch, transformers, sentence_transformers and datasets.
+
+    Raises:
+        MissingDependencyError: A package of the ``finetune`` extra is missing or too old
+            (the message says what to install).
+    """
+    torch = require("torch", extra="finetune", purpose="fine-tuning")
+    transformers = require("transformers", extra="finetune", purpose="fine-tuning")
+    st = require("sentence_transformers", extra="finetune", purpose="fine-tuning")
+    datasets = require("datasets", extra="finetune", purpose="fine-tuning")
+    require("accelerate", extra="finetune", purpose="fine-tuning")
+    if not hasattr(st.CrossEncoder, "preprocess"):
+        msg = (
+            f"fine-tuning needs sentence-transformers 6 or newer, found {st.__version__}; "
+            "install it with: pip install 'rerank-plugins[finetune]'"
+        )
+        raise MissingDependencyError(msg)
+    return torch, transformers, st, datasets
 
 
 def train_cross_encoder(
@@ -109,17 +139,7 @@ def train_cross_encoder(
     Raises:
         MissingDependencyError: A package of the ``finetune`` extra is missing or too old.
     """
-    torch = require("torch", extra="finetune", purpose="fine-tuning")
-    transformers = require("transformers", extra="finetune", purpose="fine-tuning")
-    st = require("sentence_transformers", extra="finetune", purpose="fine-tuning")
-    datasets = require("datasets", extra="finetune", purpose="fine-tuning")
-    require("accelerate", extra="finetune", purpose="fine-tuning")
-    if not hasattr(st.CrossEncoder, "preprocess"):
-        msg = (
-            f"fine-tuning needs sentence-transformers 6 or newer, found {st.__version__}; "
-            "install it with: pip install 'rerank-plugins[finetune]'"
-        )
-        raise MissingDependencyError(msg)
+    torch, transformers, st, datasets = check_dependencies()
     from sentence_transformers.cross_encoder import (
         CrossEncoderTrainer,
         CrossEncoderTrainingArguments,
