@@ -268,3 +268,15 @@ def spread_head(model, tokenizer, head, seed: int, logit_std: float = 1.5) -> No
     with torch.no_grad():
         head.weight.copy_((direction * scale).unsqueeze(0))
         head.bias.fill_(-float(mean @ direction) * scale)
+
+
+def mark_as_fallback(model: str | Path, folder: Path) -> Path:
+    """A copy of ``model`` carrying the offline fallback's mark (its head counts as untrained)."""
+    import json
+    import shutil
+
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["rerank_plugins_fallback"] = {"version": 1, "head": "untrained"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

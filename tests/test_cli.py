@@ -15,6 +15,7 @@ import pytest
 from rerank_plugins.cli import COMMANDS, main
 from rerank_plugins.cli._common import plural
 from rerank_plugins.data import demo_queries
+from tests._models import mark_as_fallback
 
 # Processes, servers, Ray, ONNX exports or the benchmark harness: the full lane only.
 pytestmark = pytest.mark.slow
@@ -395,17 +396,11 @@ def test_the_offline_demo_fine_tunes_an_untrained_fallback_once_and_measures_it_
     """Offline, the demo's reranker is an untrained fallback: it is fine-tuned on the shipped
     corpus (here a tiny model marked as the fallback stands in for MiniLM), cached, measured on
     the judged demo questions, and the verdict follows the numbers."""
-    import shutil
-
     from rerank_plugins.data import demo_judgments
     from rerank_plugins.finetune import FinetuneReport
     from rerank_plugins.models.offline import bi_encoder_path
 
-    fallback = tmp_path / "fallback"
-    shutil.copytree(bert_path, fallback)
-    config = json.loads((fallback / "config.json").read_text())
-    config["rerank_plugins_fallback"] = {"version": 1, "head": "untrained"}
-    (fallback / "config.json").write_text(json.dumps(config))
+    fallback = mark_as_fallback(bert_path, tmp_path / "fallback")
     monkeypatch.setenv("RERANK_PLUGINS_CACHE", str(tmp_path / "cache"))
     argv = ["demo", "--bi-encoder", bi_encoder_path(), "--reranker", str(fallback)]
     argv += ["--device", "cpu", "-q", "Why is the sky blue?", "--candidates", "10"]
@@ -441,8 +436,6 @@ def test_the_offline_demo_fine_tunes_an_untrained_fallback_once_and_measures_it_
 def test_without_the_finetune_extra_the_demo_says_so_and_shows_the_untrained_head(
     tmp_path: Path, bert_path: str, monkeypatch, capsys
 ) -> None:
-    import shutil
-
     import rerank_plugins.finetune.train as train
     from rerank_plugins.errors import MissingDependencyError
     from rerank_plugins.models.offline import bi_encoder_path
@@ -452,11 +445,7 @@ def test_without_the_finetune_extra_the_demo_says_so_and_shows_the_untrained_hea
         raise MissingDependencyError(msg)
 
     monkeypatch.setattr(train, "check_dependencies", missing)
-    fallback = tmp_path / "fallback"
-    shutil.copytree(bert_path, fallback)
-    config = json.loads((fallback / "config.json").read_text())
-    config["rerank_plugins_fallback"] = {"version": 1, "head": "untrained"}
-    (fallback / "config.json").write_text(json.dumps(config))
+    fallback = mark_as_fallback(bert_path, tmp_path / "fallback")
     monkeypatch.setenv("RERANK_PLUGINS_CACHE", str(tmp_path / "cache"))
     argv = ["demo", "--bi-encoder", bi_encoder_path(), "--reranker", str(fallback)]
     assert main([*argv, "--device", "cpu", "-q", "Why is the sky blue?"]) == 0

@@ -31,6 +31,7 @@ from rerank_plugins.finetune import (
 )
 from rerank_plugins.finetune.data import CorpusPassage, self_supervised_pairs
 from rerank_plugins.finetune.negatives import ExactIndex
+from tests._models import mark_as_fallback
 
 # Training, or the bi-encoder embedding a corpus: the full lane (`make test`), not `test-fast`.
 slow = pytest.mark.slow
@@ -334,11 +335,7 @@ def test_the_untrained_fallback_comes_out_with_a_trained_head_and_no_fallback_ma
 ) -> None:
     from rerank_plugins import get_engine
 
-    base = tmp_path / "fallback"
-    shutil.copytree(bert_path, base)
-    config = json.loads((base / "config.json").read_text())
-    config["rerank_plugins_fallback"] = {"version": 1, "head": "untrained"}
-    (base / "config.json").write_text(json.dumps(config))
+    base = mark_as_fallback(bert_path, tmp_path / "fallback")
     report = finetune_corpus(
         load_corpus()[:40], str(base), bi_encoder, tmp_path / "tuned",
         settings=QUICK, device="cpu", progress=False,
