@@ -3,11 +3,12 @@
 `rerank-plugins demo`, offline, fine-tunes the fallback cross-encoder (all-MiniLM-L6-v2's
 encoder under an untrained head) on the 300 shipped passages: each passage's title is the query
 for its text, hard negatives come from all-MiniLM-L6-v2 as a bi-encoder. This script runs that
-same fine-tune (`rerank_plugins.finetune.finetune_corpus`, default settings) with ``--seeds``
-different seeds, and prints, per seed and as the median, nDCG@10, MRR@10 and Recall@10 on the
-32 hand-judged demo questions (`rerank_plugins.data.demo_judgments`), which the training never
-sees, each reranking the bi-encoder's top 50; then the wall-clock time of each phase, and the
-machine. The first seed's run is the demo's own: its folder is the one the demo reuses.
+same fine-tune (`rerank_plugins.finetune.finetune`, default settings and cached output) with
+``--seeds`` different seeds, and prints, per seed and as the median, nDCG@10, MRR@10 and
+Recall@10 on the 32 hand-judged demo questions (`rerank_plugins.data.demo_judgments`), which
+the training never sees, each reranking the bi-encoder's top 50; then the wall-clock time of
+each phase, and the machine. The first seed's run is the demo's own: its folder is the one the
+demo reuses.
 
 Run: ``python benchmarks/finetune_shipped.py --seeds 3`` (about 2.5 minutes per seed on 2
 cores; a seed already built is reused, and its time is the time it took when it was built).
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import machine_info
 from rerank_plugins.data import demo_judgments, load_corpus
-from rerank_plugins.finetune import SYSTEMS, FinetuneReport, FinetuneSettings, finetune_corpus
+from rerank_plugins.finetune import SYSTEMS, FinetuneReport, FinetuneSettings, finetune
 from rerank_plugins.finetune.report import metrics_table
 from rerank_plugins.models.offline import bi_encoder_path, build_minilm_cross_encoder
 
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.seeds):
         # Seed 0 keeps the default seed: exactly the demo's fine-tune, and its cached folder.
         settings = default if k == 0 else dataclasses.replace(default, seed=default.seed + k)
-        report = finetune_corpus(
-            corpus, base, bi_encoder, held_out_queries=judged, settings=settings,
-            device=args.device, progress=False,
+        report = finetune(
+            corpus, base=base, bi_encoder=bi_encoder, held_out_queries=judged,
+            settings=settings, device=args.device, progress=False,
         )  # fmt: skip
         reports.append(report)
         print(f"## seed {settings.seed}{' (the demo)' if k == 0 else ''}: {report.output}\n")

@@ -23,7 +23,6 @@ from rerank_plugins.finetune import (
     FinetuneSettings,
     TrainingPair,
     finetune,
-    finetune_corpus,
     is_finetuned,
     load_training_data,
     mine_hard_negatives,
@@ -336,8 +335,8 @@ def test_the_untrained_fallback_comes_out_with_a_trained_head_and_no_fallback_ma
     from rerank_plugins import get_engine
 
     base = mark_as_fallback(bert_path, tmp_path / "fallback")
-    report = finetune_corpus(
-        load_corpus()[:40], str(base), bi_encoder, tmp_path / "tuned",
+    report = finetune(
+        load_corpus()[:40], base=str(base), bi_encoder=bi_encoder, output=tmp_path / "tuned",
         settings=QUICK, device="cpu", progress=False,
     )  # fmt: skip
     assert report.base_untrained

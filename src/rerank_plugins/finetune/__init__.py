@@ -36,7 +36,6 @@ from rerank_plugins.finetune.runner import (
     check_base_model,
     check_output,
     finetune,
-    finetune_corpus,
     is_finetuned,
     plan_finetune,
 )
@@ -55,7 +54,6 @@ __all__ = [
     "check_base_model",
     "check_output",
     "finetune",
-    "finetune_corpus",
     "is_finetuned",
     "load_training_data",
     "mine_hard_negatives",

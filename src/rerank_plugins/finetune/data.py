@@ -16,7 +16,7 @@ import os
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -413,16 +413,14 @@ def _with_judged(data: TrainingData, judged: Sequence[JudgedQueryLike]) -> Train
     record = json.dumps(
         sorted((q, text, sorted(eval_qrels[q].items())) for q, text in eval_queries.items())
     )
-    return TrainingData(
-        corpus=data.corpus,
+    return replace(
+        data,
         train_queries=train,
         train_qrels={q: data.train_qrels[q] for q in train},
         eval_queries=eval_queries,
         eval_qrels=eval_qrels,
-        source=data.source,
         method=f"{data.method}; evaluated on {len(judged)} judged held-out queries",
         digest=_digest_text(data.digest + record),
-        eval_corpus=data.eval_corpus,
     )
 
 

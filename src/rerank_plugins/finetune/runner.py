@@ -24,6 +24,7 @@ from rerank_plugins.finetune.data import (
     load_training_data,
 )
 from rerank_plugins.finetune.report import PLOT_FILE, REPORT_FILE, SYSTEMS, FinetuneReport
+from rerank_plugins.models import check_model_reference
 
 __all__ = [
     "LOSSES",
@@ -32,7 +33,6 @@ __all__ = [
     "check_base_model",
     "check_output",
     "finetune",
-    "finetune_corpus",
     "is_finetuned",
     "plan_finetune",
 ]
@@ -214,7 +214,7 @@ def plan_finetune(
     """
     settings = settings or FinetuneSettings()
     check_base_model(base)
-    _check_model(bi_encoder)
+    check_model_reference(bi_encoder)
     training = load_training_data(
         data, held_out=settings.held_out, seed=settings.seed, held_out_queries=held_out_queries
     )
@@ -305,62 +305,6 @@ def finetune(
     return plan.run(device=device, progress=progress, callbacks=callbacks)
 
 
-def finetune_corpus(
-    corpus: CorpusSource,
-    base: str,
-    bi_encoder: str,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    held_out_queries: Iterable[JudgedQueryLike] | None = None,
-    settings: FinetuneSettings | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    overwrite: bool = False,
-) -> FinetuneReport:
-    """Fine-tune on a corpus alone, built once: a second call returns the same folder's report.
-
-    `finetune` with the corpus first and the cache as the default ``output``: the folder is
-    named by the fingerprint of the corpus, models and settings, so the same call reuses it
-    and a changed input builds a new one.
-
-    Args:
-        corpus: Passage records (e.g. `rerank_plugins.data.load_corpus()`), a
-            ``corpus.jsonl`` file or the folder holding it.
-        base: The reranker to start from (e.g.
-            `rerank_plugins.models.offline.build_minilm_cross_encoder()`).
-        bi_encoder: The first stage (e.g. `rerank_plugins.models.offline.bi_encoder_path()`).
-        output: Where to write (default: rerank-plugins' cache).
-        held_out_queries: Judged questions to evaluate on instead of a held-out split.
-        settings: Training settings.
-        device: Where to train and evaluate.
-        progress: Show progress bars on stderr.
-        overwrite: Replace an ``output`` that holds a fine-tune of other inputs.
-
-    Returns:
-        The report; ``report.output`` is the model folder.
-
-    Examples:
-        >>> from rerank_plugins.data import demo_judgments, load_corpus
-        >>> from rerank_plugins.models.offline import bi_encoder_path, build_minilm_cross_encoder
-        >>> report = finetune_corpus(  # doctest: +SKIP
-        ...     load_corpus(), build_minilm_cross_encoder(), bi_encoder_path(),
-        ...     held_out_queries=demo_judgments(),
-        ... )
-        >>> print(report.table())  # doctest: +SKIP
-    """
-    return finetune(
-        corpus,
-        base=base,
-        bi_encoder=bi_encoder,
-        output=output,
-        settings=settings,
-        held_out_queries=held_out_queries,
-        device=device,
-        progress=progress,
-        overwrite=overwrite,
-    )
-
-
 def is_finetuned(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` holds a finished fine-tune (a model and its report).
 
@@ -385,7 +329,7 @@ def check_base_model(base: str) -> None:
     """
     from rerank_plugins.models import read_config
 
-    _check_model(base)
+    check_model_reference(base)
     config = (read_config(base) if os.path.isdir(base) else None) or {}
     labels = len(config.get("id2label") or {})
     classifier = any(
@@ -445,12 +389,6 @@ def check_output(
         "(--overwrite) to replace it."
     )
     raise ValueError(msg)
-
-
-def _check_model(model: str) -> None:
-    from rerank_plugins.models import check_model_reference
-
-    check_model_reference(model)
 
 
 class _Run:

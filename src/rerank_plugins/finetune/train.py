@@ -14,6 +14,7 @@ from typing import Any
 from rerank_plugins._imports import require
 from rerank_plugins.errors import MissingDependencyError
 from rerank_plugins.finetune.negatives import TrainingPair
+from rerank_plugins.models.offline import FALLBACK_MARKER
 
 __all__ = [
     "TEACHER_TEMPERATURE",
@@ -29,9 +30,6 @@ TEACHER_TEMPERATURE = 0.05
 """Divides the bi-encoder's cosine similarities before the softmax of the distilled targets:
 cosines differ by hundredths, logits by units."""
 
-# The key `rerank_plugins.models.offline` marks its untrained fallback with: a model trained
-# from the fallback is no longer untrained, so its config must not carry the mark.
-_FALLBACK_MARKER = "rerank_plugins_fallback"
 # Checkpoints written over a run: enough to lose little to an interruption, few enough that
 # writing them (model and optimizer state) costs little next to the training itself.
 _CHECKPOINTS = 5
@@ -224,13 +222,13 @@ def save_model(model: Any, folder: Path) -> None:
         folder: The folder to write (config, weights with the trained head, tokenizer).
     """
     config = getattr(model.model, "config", None)
-    if config is not None and hasattr(config, _FALLBACK_MARKER):
-        delattr(config, _FALLBACK_MARKER)
+    if config is not None and hasattr(config, FALLBACK_MARKER):
+        delattr(config, FALLBACK_MARKER)
     model.save(str(folder))
     config_file = folder / "config.json"
     saved = json.loads(config_file.read_text(encoding="utf-8"))
-    if _FALLBACK_MARKER in saved:  # a transformers line that keeps unknown keys elsewhere
-        del saved[_FALLBACK_MARKER]
+    if FALLBACK_MARKER in saved:  # a transformers line that keeps unknown keys elsewhere
+        del saved[FALLBACK_MARKER]
         config_file.write_text(json.dumps(saved, indent=2, sort_keys=True), encoding="utf-8")
 
 

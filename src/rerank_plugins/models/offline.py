@@ -24,6 +24,7 @@ from rerank_plugins.errors import ModelLoadError
 from rerank_plugins.models import check_model_reference, hub_offline, read_config
 
 __all__ = [
+    "FALLBACK_MARKER",
     "UNTRAINED_HEAD_NOTICE",
     "ResolvedModel",
     "bi_encoder_path",
@@ -31,6 +32,7 @@ __all__ = [
     "default_cache_dir",
     "is_untrained_fallback",
     "resolve_model",
+    "untrained_notice_held_back",
 ]
 
 logger = logging.getLogger("rerank_plugins")
@@ -46,7 +48,9 @@ UNTRAINED_HEAD_NOTICE = (
 
 # Bump when the build changes, so caches of an older build are rebuilt rather than reused.
 _BUILD_VERSION = 1
-_MARKER_KEY = "rerank_plugins_fallback"
+# The config key that marks a folder as this fallback (its head untrained); a model trained
+# from it must drop the key (`rerank_plugins.finetune.train.save_model` does).
+FALLBACK_MARKER = "rerank_plugins_fallback"
 _SEED = 20240607
 _FOLDER_NAME = "fallback-minilm-ce"
 
@@ -91,7 +95,7 @@ def is_untrained_fallback(model: str | os.PathLike[str]) -> bool:
         False
     """
     config = read_config(os.fspath(model)) if os.path.isdir(model) else None
-    return bool(config and config.get(_MARKER_KEY))
+    return bool(config and config.get(FALLBACK_MARKER))
 
 
 @contextlib.contextmanager
@@ -154,7 +158,7 @@ def build_minilm_cross_encoder(folder: str | os.PathLike[str] | None = None) -> 
         model.config.architectures = ["BertForSequenceClassification"]
         model.config.id2label = {0: "LABEL_0"}
         model.config.label2id = {"LABEL_0": 0}
-        setattr(model.config, _MARKER_KEY, {"version": _BUILD_VERSION, "head": "untrained"})
+        setattr(model.config, FALLBACK_MARKER, {"version": _BUILD_VERSION, "head": "untrained"})
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "README.md").write_text(_README, encoding="utf-8")
@@ -207,7 +211,7 @@ def _set_untrained_head(torch: Any, model: Any, tokenizer: Any) -> None:
 
 def _is_current_build(folder: Path) -> bool:
     config = read_config(str(folder)) if folder.is_dir() else None
-    marker = (config or {}).get(_MARKER_KEY)
+    marker = (config or {}).get(FALLBACK_MARKER)
     return (
         isinstance(marker, dict)
         and marker.get("version") == _BUILD_VERSION
